@@ -1,0 +1,166 @@
+// bnorm: Batch Normalization (Ioffe and Szegedy, 2015) for the CPU.
+//
+// Semantics follow PyTorch's torch.nn.functional.batch_norm. For every
+// channel k, over its m = n * s values x_i (all samples, all spatial
+// positions):
+//
+//   mean_k   = (1/m) * sum_i x_i
+//   var_k    = (1/m) * sum_i (x_i - mean_k)^2          (biased: normalizes)
+//   invstd_k = 1 / sqrt(var_k + eps)
+//   x_hat_i  = (x_i - mean_k) * invstd_k
+//   y_i      = weight_k * x_hat_i + bias_k
+//
+// Running statistics (training only, when the caller passes them):
+//
+//   running_mean = (1 - momentum) * running_mean + momentum * mean_k
+//   running_var  = (1 - momentum) * running_var  + momentum * var_k * m/(m-1)
+//
+// i.e. running_var tracks the unbiased variance. With momentum = nullopt the
+// factor is 1 / num_batches_tracked (a cumulative average over the batches
+// seen, this one included); the caller must then pass that count in
+// Options::num_batches_tracked. The layer class BatchNorm keeps the count.
+//
+// Inference normalizes with the running statistics instead:
+//   y_i = weight_k * (x_i - running_mean_k) / sqrt(running_var_k + eps) + bias_k
+//
+// Backward (training mode), with x_hat recomputed from save_mean/save_invstd:
+//   dbias_k   = sum_i dy_i
+//   dweight_k = sum_i dy_i * x_hat_i
+//   dx_i      = weight_k * invstd_k * (dy_i - dbias_k/m - x_hat_i * dweight_k/m)
+//
+// Errors: every function checks all its arguments before it writes anything
+// and throws std::invalid_argument naming the argument and its value. A NaN
+// or Inf in x spoils only its own channel's outputs and statistics.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+namespace bnorm {
+
+// NCHW: channels first; element (i, k, j) sits at (i * c + k) * s + j.
+// NHWC: channels last;  element (i, k, j) sits at (i * s + j) * c + k.
+enum class Layout { NCHW, NHWC };
+
+// n: batch size; c: channels; s: product of the spatial dimensions (1 for a
+// 2-D (n, c) input). The per-channel reduction runs over m = n * s values.
+struct Shape {
+  int64_t n = 1;
+  int64_t c = 1;
+  int64_t s = 1;
+  Layout layout = Layout::NCHW;
+
+  int64_t numel() const { return n * c * s; }
+  int64_t m() const { return n * s; }
+};
+
+struct Options {
+  double eps = 1e-5;
+  // Weight of the current batch in the running statistics; nullopt selects the
+  // cumulative average, which needs num_batches_tracked below.
+  std::optional<double> momentum = 0.1;
+  // Batches seen including this one (>= 1); read only when momentum is nullopt
+  // and running statistics are tracked.
+  int64_t num_batches_tracked = 0;
+};
+
+// Training forward: normalizes with the batch statistics.
+// x, y: numel values in the shape's layout. weight, bias: c values or null
+// (gamma = 1, beta = 0). save_mean, save_invstd: c outputs (mean and
+// 1/sqrt(var + eps)), each may be null when not needed. running_mean,
+// running_var: c values updated in place, both null or both non-null.
+// Requires m = n * s > 1.
+template <class T>
+void forward_training(const Shape& shape, const T* x, const T* weight, const T* bias, T* y,
+                      T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+                      const Options& options = {});
+
+// Inference forward: normalizes with running_mean and running_var (c values).
+template <class T>
+void forward_inference(const Shape& shape, const T* x, const T* weight, const T* bias,
+                       const T* running_mean, const T* running_var, T* y, double eps = 1e-5);
+
+// Training backward: gradients of the loss through the batch statistics.
+// dy, x: numel values; save_mean, save_invstd: what forward_training saved.
+// dx (numel), dweight, dbias (c each) may each be null when not wanted.
+// dweight is the gradient for gamma even when weight is null (gamma = 1).
+template <class T>
+void backward(const Shape& shape, const T* dy, const T* x, const T* weight, const T* save_mean,
+              const T* save_invstd, T* dx, T* dweight, T* dbias);
+
+// Backward with mean and invstd held constant (a stop-gradient through the
+// moments): dx_i = weight_k * invstd_k * dy_i; dweight and dbias as above.
+// This is the exact gradient of inference mode (pass running_mean and
+// 1/sqrt(running_var + eps)); used in training it is the "frozen moments"
+// mistake the demo measures.
+template <class T>
+void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const T* weight,
+                             const T* mean, const T* invstd, T* dx, T* dweight, T* dbias);
+
+// The layer as a network uses it: owns gamma, beta, the running statistics
+// and the batch counter, switches between train() and eval(), and caches in
+// forward what backward needs.
+template <class T>
+class BatchNorm {
+ public:
+  // momentum = nullopt: cumulative moving average of the running statistics.
+  explicit BatchNorm(int64_t num_features, double eps = 1e-5,
+                     std::optional<double> momentum = 0.1, bool affine = true,
+                     bool track_running_stats = true);
+
+  void train(bool on = true) { training_ = on; }
+  void eval() { training_ = false; }
+  bool training() const { return training_; }
+
+  // y for x of the given shape (shape.c must equal num_features). In training
+  // mode, uses and updates batch statistics; in eval mode, the running ones
+  // (or batch statistics when running statistics are not tracked, as
+  // PyTorch does).
+  std::vector<T> forward(const Shape& shape, std::span<const T> x);
+
+  struct Gradients {
+    std::vector<T> dx;
+    std::vector<T> dweight;  // empty when the layer is not affine
+    std::vector<T> dbias;
+  };
+  // Gradients for dy of the shape of the last forward. In training mode the
+  // gradient flows through the batch mean and variance.
+  Gradients backward(std::span<const T> dy) const;
+
+  int64_t num_features() const { return c_; }
+  double eps() const { return eps_; }
+  std::optional<double> momentum() const { return momentum_; }
+  bool affine() const { return affine_; }
+  bool tracks_running_stats() const { return track_; }
+  int64_t num_batches_tracked() const { return num_batches_tracked_; }
+  std::span<T> weight() { return weight_; }  // empty when not affine
+  std::span<T> bias() { return bias_; }
+  std::span<T> running_mean() { return running_mean_; }  // empty when not tracked
+  std::span<T> running_var() { return running_var_; }
+  std::span<const T> weight() const { return weight_; }
+  std::span<const T> bias() const { return bias_; }
+  std::span<const T> running_mean() const { return running_mean_; }
+  std::span<const T> running_var() const { return running_var_; }
+
+ private:
+  int64_t c_;
+  double eps_;
+  std::optional<double> momentum_;
+  bool affine_;
+  bool track_;
+  bool training_ = true;
+  int64_t num_batches_tracked_ = 0;
+  std::vector<T> weight_, bias_, running_mean_, running_var_;
+  // What backward needs from the last forward.
+  Shape shape_{};
+  bool have_cache_ = false;
+  bool cache_batch_stats_ = false;  // normalized with batch statistics
+  std::vector<T> x_, mean_, invstd_;
+};
+
+extern template class BatchNorm<float>;
+extern template class BatchNorm<double>;
+
+}  // namespace bnorm

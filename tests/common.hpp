@@ -1,0 +1,64 @@
+// Helpers shared by the tests: seeded random tensors and error measures.
+#pragma once
+
+#include <bnorm/bnorm.hpp>
+#include <bnorm/reference.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace bnorm::test {
+
+inline std::vector<double> random_values(size_t count, uint64_t seed, double mean = 0.0,
+                                         double stddev = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> dist(mean, stddev);
+  std::vector<double> v(count);
+  for (double& e : v) e = dist(rng);
+  return v;
+}
+
+template <class T>
+std::vector<T> cast(std::span<const double> v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+template <class T>
+std::vector<double> widen(std::span<const T> v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+inline double scaled_error(std::span<const double> a, std::span<const double> b) {
+  const double e = reference::max_scaled_error(a, b);
+  return std::isnan(e) ? INFINITY : e;
+}
+
+inline double dx_error(const Shape& shape, std::span<const double> got,
+                       std::span<const double> want, std::span<const double> dy,
+                       std::span<const double> weight, std::span<const double> invstd) {
+  const double e = reference::dx_error(shape, got, want, dy, weight, invstd);
+  return std::isnan(e) ? INFINITY : e;
+}
+
+inline std::string describe(const Shape& s) {
+  return "n=" + std::to_string(s.n) + " c=" + std::to_string(s.c) + " s=" + std::to_string(s.s) +
+         (s.layout == Layout::NCHW ? " NCHW" : " NHWC");
+}
+
+// Shapes that exercise the edges: m = 2, c = 1, n = 1 with s > 1, 2-D input,
+// odd sizes, a long spatial extent.
+inline std::vector<Shape> sweep_shapes() {
+  std::vector<Shape> out;
+  const int64_t dims[][3] = {{2, 1, 1},  {1, 1, 2},  {1, 3, 7},   {5, 3, 1},  {64, 7, 1},
+                             {3, 5, 17}, {7, 13, 5}, {4, 33, 9},  {2, 2, 4099}, {1, 4, 1000},
+                             {16, 1, 3}, {2, 64, 3}, {3, 130, 1}};
+  for (auto layout : {Layout::NCHW, Layout::NHWC})
+    for (const auto& d : dims) out.push_back({d[0], d[1], d[2], layout});
+  return out;
+}
+
+}  // namespace bnorm::test
