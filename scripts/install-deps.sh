@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages bnorm's build, tests, benchmark and demo use,
+# skipping those already installed. Needs root (or sudo).
+set -euo pipefail
+
+packages=(
+  # build and test
+  cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libfmt-dev
+  # vectorized kernels and threads (libgomp comes with g++)
+  libhwy-dev
+  # Python module and its oracle
+  python3-dev pybind11-dev python3-numpy python3-pytest python3-torch
+  # synchronized batch norm
+  libopenmpi-dev openmpi-bin
+  # training demo
+  libeigen3-dev zlib1g-dev dataset-fashion-mnist gnuplot-nox graphviz
+  # benchmark anchors (never linked by the library)
+  libdnnl-dev ocl-icd-opencl-dev libtorch-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} Debian packages present"
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install-deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every test: install what is missing, build the release preset and run its
+# suite, then the same under AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+jobs=$(nproc)
+scripts/build.sh release
+ctest --preset release -j "$jobs"
+scripts/build.sh asan
+ctest --preset asan -j "$jobs"
