@@ -1,6 +1,5 @@
 // The public functions: validate everything, then run the CPU kernels.
 #include <bnorm/bnorm.hpp>
-
 #include <cmath>
 #include <vector>
 
@@ -47,7 +46,8 @@ void forward_training(const Shape& shape, const T* x, const T* weight, const T* 
 
   const int64_t c = shape.c;
   const double m = double(shape.m());
-  std::vector<double> mean(static_cast<size_t>(c)), var(static_cast<size_t>(c)), scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
+  std::vector<double> mean(static_cast<size_t>(c)), var(static_cast<size_t>(c)),
+      scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
   cpu::moments(shape, x, mean.data(), var.data());
   for (int64_t k = 0; k < c; ++k) {
     const double invstd = 1.0 / std::sqrt(var[size_t(k)] + options.eps);
@@ -77,7 +77,8 @@ void forward_inference(const Shape& shape, const T* x, const T* weight, const T*
   detail::check_not_null(fn, running_var, "running_var");
   detail::check_not_null(fn, y, "y");
   const int64_t c = shape.c;
-  std::vector<double> mean(static_cast<size_t>(c)), scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
+  std::vector<double> mean(static_cast<size_t>(c)), scale(static_cast<size_t>(c)),
+      shift(static_cast<size_t>(c));
   for (int64_t k = 0; k < c; ++k) {
     mean[size_t(k)] = double(running_mean[k]);
     scale[size_t(k)] = param(weight, k, 1.0) / std::sqrt(double(running_var[k]) + eps);
@@ -101,8 +102,9 @@ void backward_impl(const char* fn, bool through_moments, const Shape& shape, con
   detail::check_not_null(fn, invstd_in, through_moments ? "save_invstd" : "invstd");
   const int64_t c = shape.c;
   const double m = double(shape.m());
-  std::vector<double> mean(static_cast<size_t>(c)), sum_dy(static_cast<size_t>(c)), sum_dy_xmu(static_cast<size_t>(c)), a(static_cast<size_t>(c)),
-      b(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
+  std::vector<double> mean(static_cast<size_t>(c)), sum_dy(static_cast<size_t>(c)),
+      sum_dy_xmu(static_cast<size_t>(c)), a(static_cast<size_t>(c)), b(static_cast<size_t>(c)),
+      cc(static_cast<size_t>(c));
   for (int64_t k = 0; k < c; ++k) mean[size_t(k)] = double(mean_in[k]);
   if (dweight || dbias || through_moments)
     cpu::backward_reduce(shape, dy, x, mean.data(), sum_dy.data(), sum_dy_xmu.data());
@@ -126,26 +128,25 @@ void backward_impl(const char* fn, bool through_moments, const Shape& shape, con
 template <class T>
 void backward(const Shape& shape, const T* dy, const T* x, const T* weight, const T* save_mean,
               const T* save_invstd, T* dx, T* dweight, T* dbias) {
-  backward_impl("backward", true, shape, dy, x, weight, save_mean, save_invstd, dx, dweight,
-                dbias);
+  backward_impl("backward", true, shape, dy, x, weight, save_mean, save_invstd, dx, dweight, dbias);
 }
 
 template <class T>
 void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const T* weight,
                              const T* mean, const T* invstd, T* dx, T* dweight, T* dbias) {
-  backward_impl("backward_frozen_moments", false, shape, dy, x, weight, mean, invstd, dx,
-                dweight, dbias);
+  backward_impl("backward_frozen_moments", false, shape, dy, x, weight, mean, invstd, dx, dweight,
+                dbias);
 }
 
-#define BNORM_INSTANTIATE(T)                                                                  \
-  template void forward_training<T>(const Shape&, const T*, const T*, const T*, T*, T*, T*,   \
-                                    T*, T*, const Options&);                                  \
-  template void forward_inference<T>(const Shape&, const T*, const T*, const T*, const T*,    \
-                                     const T*, T*, double);                                   \
-  template void backward<T>(const Shape&, const T*, const T*, const T*, const T*, const T*,   \
-                            T*, T*, T*);                                                      \
-  template void backward_frozen_moments<T>(const Shape&, const T*, const T*, const T*,        \
-                                           const T*, const T*, T*, T*, T*);
+#define BNORM_INSTANTIATE(T)                                                                     \
+  template void forward_training<T>(const Shape&, const T*, const T*, const T*, T*, T*, T*, T*,  \
+                                    T*, const Options&);                                         \
+  template void forward_inference<T>(const Shape&, const T*, const T*, const T*, const T*,       \
+                                     const T*, T*, double);                                      \
+  template void backward<T>(const Shape&, const T*, const T*, const T*, const T*, const T*, T*,  \
+                            T*, T*);                                                             \
+  template void backward_frozen_moments<T>(const Shape&, const T*, const T*, const T*, const T*, \
+                                           const T*, T*, T*, T*);
 BNORM_INSTANTIATE(float)
 BNORM_INSTANTIATE(double)
 #undef BNORM_INSTANTIATE

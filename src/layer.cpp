@@ -1,5 +1,4 @@
 #include <bnorm/bnorm.hpp>
-
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -11,7 +10,10 @@ namespace bnorm {
 template <class T>
 BatchNorm<T>::BatchNorm(int64_t num_features, double eps, std::optional<double> momentum,
                         bool affine, bool track_running_stats)
-    : c_(num_features), eps_(eps), momentum_(momentum), affine_(affine),
+    : c_(num_features),
+      eps_(eps),
+      momentum_(momentum),
+      affine_(affine),
       track_(track_running_stats) {
   constexpr const char* fn = "BatchNorm";
   if (num_features < 1)
@@ -73,8 +75,8 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
   constexpr const char* fn = "BatchNorm::backward";
   if (!have_cache_) detail::fail(fn, "called before forward");
   if (int64_t(dy.size()) != shape_.numel())
-    detail::fail(fn, "dy has " + std::to_string(dy.size()) +
-                         " values, the last forward had " + std::to_string(shape_.numel()));
+    detail::fail(fn, "dy has " + std::to_string(dy.size()) + " values, the last forward had " +
+                         std::to_string(shape_.numel()));
   Gradients g;
   g.dx.resize(dy.size());
   if (affine_) {
@@ -85,8 +87,8 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
   T* db = affine_ ? g.dbias.data() : nullptr;
   const T* w = affine_ ? weight_.data() : nullptr;
   if (cache_batch_stats_)
-    bnorm::backward(shape_, dy.data(), x_.data(), w, mean_.data(), invstd_.data(), g.dx.data(),
-                    dw, db);
+    bnorm::backward(shape_, dy.data(), x_.data(), w, mean_.data(), invstd_.data(), g.dx.data(), dw,
+                    db);
   else
     backward_frozen_moments(shape_, dy.data(), x_.data(), w, mean_.data(), invstd_.data(),
                             g.dx.data(), dw, db);

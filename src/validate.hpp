@@ -4,7 +4,6 @@
 #pragma once
 
 #include <bnorm/bnorm.hpp>
-
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -29,7 +28,8 @@ inline void check_shape(const char* fn, const Shape& shape) {
 }
 
 inline void check_eps(const char* fn, double eps) {
-  if (!std::isfinite(eps) || eps <= 0) fail(fn, "eps must be finite and > 0, got " + std::to_string(eps));
+  if (!std::isfinite(eps) || eps <= 0)
+    fail(fn, "eps must be finite and > 0, got " + std::to_string(eps));
 }
 
 inline void check_not_null(const char* fn, const void* p, const char* name) {

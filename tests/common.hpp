@@ -1,10 +1,9 @@
 // Helpers shared by the tests: seeded random tensors and error measures.
 #pragma once
 
+#include <algorithm>
 #include <bnorm/bnorm.hpp>
 #include <bnorm/reference.hpp>
-
-#include <algorithm>
 #include <cmath>
 #include <random>
 #include <span>
@@ -53,8 +52,8 @@ inline std::string describe(const Shape& s) {
 // odd sizes, a long spatial extent.
 inline std::vector<Shape> sweep_shapes() {
   std::vector<Shape> out;
-  const int64_t dims[][3] = {{2, 1, 1},  {1, 1, 2},  {1, 3, 7},   {5, 3, 1},  {64, 7, 1},
-                             {3, 5, 17}, {7, 13, 5}, {4, 33, 9},  {2, 2, 4099}, {1, 4, 1000},
+  const int64_t dims[][3] = {{2, 1, 1},  {1, 1, 2},  {1, 3, 7},  {5, 3, 1},    {64, 7, 1},
+                             {3, 5, 17}, {7, 13, 5}, {4, 33, 9}, {2, 2, 4099}, {1, 4, 1000},
                              {16, 1, 3}, {2, 64, 3}, {3, 130, 1}};
   for (auto layout : {Layout::NCHW, Layout::NHWC})
     for (const auto& d : dims) out.push_back({d[0], d[1], d[2], layout});

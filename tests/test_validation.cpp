@@ -71,7 +71,11 @@ TEST(Validation, ShapeOverflow) {
 }
 
 TEST(Validation, SingleValuePerChannelInTraining) {
-  expect_rejected([](Buffers& b) { train(b, {1, 3, 1, Layout::NCHW}); }, {"more than 1 value", "1"});
+  expect_rejected(
+      [](Buffers& b) {
+        train(b, {1, 3, 1, Layout::NCHW});
+      },
+      {"more than 1 value", "1"});
 }
 
 TEST(Validation, Eps) {

@@ -106,9 +106,8 @@ template <class T>
 class BatchNorm {
  public:
   // momentum = nullopt: cumulative moving average of the running statistics.
-  explicit BatchNorm(int64_t num_features, double eps = 1e-5,
-                     std::optional<double> momentum = 0.1, bool affine = true,
-                     bool track_running_stats = true);
+  explicit BatchNorm(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
+                     bool affine = true, bool track_running_stats = true);
 
   void train(bool on = true) { training_ = on; }
   void eval() { training_ = false; }

@@ -13,7 +13,6 @@
 #pragma once
 
 #include <bnorm/bnorm.hpp>
-
 #include <span>
 #include <string>
 #include <vector>
@@ -41,10 +40,10 @@ struct StagedForward {
 // The backward pass: the gradient of the loss flowing into every node.
 struct StagedBackward {
   std::vector<double> dy;
-  double dbeta = 0;             // shift
-  std::vector<double> dgammax;  // shift
-  double dgamma = 0;            // scale
-  std::vector<double> dxhat;    // scale
+  double dbeta = 0;                 // shift
+  std::vector<double> dgammax;      // shift
+  double dgamma = 0;                // scale
+  std::vector<double> dxhat;        // scale
   std::vector<double> dxmu_direct;  // multiply, the path xhat <- xmu
   double divar = 0;                 // multiply, the path xhat <- ivar
   double dsqrtvar = 0;              // invert
@@ -66,8 +65,8 @@ StagedBackward staged_backward(const StagedForward& f, std::span<const double> d
 struct ClosedForm {
   std::vector<double> dxhat;  // dL/dx_hat_i = dy_i * gamma
   double dvar = 0;            // sum_i dxhat_i (x_i - mu) * (-1/2) (var + eps)^(-3/2)
-  double dmu = 0;             // sum_i dxhat_i * (-1/sqrt(var + eps)) + dvar * sum_i -2 (x_i - mu) / m
-  std::vector<double> dx;     // dxhat_i / sqrt(var + eps) + dvar * 2 (x_i - mu) / m + dmu / m
+  double dmu = 0;          // sum_i dxhat_i * (-1/sqrt(var + eps)) + dvar * sum_i -2 (x_i - mu) / m
+  std::vector<double> dx;  // dxhat_i / sqrt(var + eps) + dvar * 2 (x_i - mu) / m + dmu / m
   std::vector<double> dx_compact;  // gamma * invstd * (dy_i - mean(dy) - xhat_i * mean(dy * xhat))
   double dgamma = 0;               // sum_i dy_i * xhat_i
   double dbeta = 0;                // sum_i dy_i
@@ -84,11 +83,9 @@ struct Forward {
   std::vector<double> mean, var, invstd;  // var is the biased (1/m) variance
 };
 Forward forward_training(const Shape& shape, std::span<const double> x,
-                         std::span<const double> weight, std::span<const double> bias,
-                         double eps);
+                         std::span<const double> weight, std::span<const double> bias, double eps);
 std::vector<double> forward_inference(const Shape& shape, std::span<const double> x,
-                                      std::span<const double> weight,
-                                      std::span<const double> bias,
+                                      std::span<const double> weight, std::span<const double> bias,
                                       std::span<const double> running_mean,
                                       std::span<const double> running_var, double eps);
 

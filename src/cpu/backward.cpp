@@ -1,6 +1,6 @@
-#include "kernels.hpp"
-
 #include <algorithm>
+
+#include "kernels.hpp"
 
 namespace bnorm::cpu {
 

@@ -1,6 +1,6 @@
-#include "kernels.hpp"
-
 #include <vector>
+
+#include "kernels.hpp"
 
 namespace bnorm::cpu {
 

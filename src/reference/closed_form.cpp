@@ -1,7 +1,6 @@
 // The backward pass as the paper writes it (Ioffe and Szegedy 2015, Sec. 3),
 // with the biased 1/m variance of Algorithm 1, and its compact form.
 #include <bnorm/reference.hpp>
-
 #include <cmath>
 #include <stdexcept>
 

@@ -12,7 +12,6 @@
 // gradients from both uses add up: that sum is where the gradient through the
 // batch mean and variance enters dx.
 #include <bnorm/reference.hpp>
-
 #include <cmath>
 #include <stdexcept>
 

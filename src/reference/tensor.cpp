@@ -1,7 +1,6 @@
 // Whole-tensor wrappers over the per-channel reference: channels are
 // independent, so each is gathered, computed on, and scattered back.
 #include <bnorm/reference.hpp>
-
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -51,8 +50,7 @@ void scatter_channel(const Shape& shape, std::span<const double> values, int64_t
 }
 
 Forward forward_training(const Shape& shape, std::span<const double> x,
-                         std::span<const double> weight, std::span<const double> bias,
-                         double eps) {
+                         std::span<const double> weight, std::span<const double> bias, double eps) {
   check_size(x, shape.numel(), "x");
   Forward out;
   out.y.resize(x.size());
@@ -68,8 +66,7 @@ Forward forward_training(const Shape& shape, std::span<const double> x,
 }
 
 std::vector<double> forward_inference(const Shape& shape, std::span<const double> x,
-                                      std::span<const double> weight,
-                                      std::span<const double> bias,
+                                      std::span<const double> weight, std::span<const double> bias,
                                       std::span<const double> running_mean,
                                       std::span<const double> running_var, double eps) {
   check_size(x, shape.numel(), "x");
@@ -87,10 +84,14 @@ std::vector<double> forward_inference(const Shape& shape, std::span<const double
 
 const char* to_string(Method method) {
   switch (method) {
-    case Method::staged: return "staged";
-    case Method::closed_form: return "closed_form";
-    case Method::compact: return "compact";
-    case Method::frozen_moments: return "frozen_moments";
+    case Method::staged:
+      return "staged";
+    case Method::closed_form:
+      return "closed_form";
+    case Method::compact:
+      return "compact";
+    case Method::frozen_moments:
+      return "frozen_moments";
   }
   return "?";
 }

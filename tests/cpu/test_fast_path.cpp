@@ -55,7 +55,8 @@ TYPED_TEST(FastPath, ForwardTrainingBackwardMatchReference) {
         std::vector<T> dx(numel), dw(c), db(c);
         backward<T>(shape, dy.data(), x.data(), affine ? w.data() : nullptr, mean.data(),
                     invstd.data(), dx.data(), dw.data(), db.data());
-        const auto g = ref::backward(ref::Method::staged, shape, widen<T>(dy), xr, widen<T>(w), eps);
+        const auto g =
+            ref::backward(ref::Method::staged, shape, widen<T>(dy), xr, widen<T>(w), eps);
         EXPECT_LT(dx_error(shape, widen<T>(dx), g.dx, widen<T>(dy), widen<T>(w), want.invstd),
                   10 * this->tol());
         EXPECT_LT(scaled_error(widen<T>(dw), g.dweight), this->tol() * 10);
@@ -131,7 +132,8 @@ TYPED_TEST(FastPath, RunningStatisticsOverSteps) {
           for (int j = 0; j < 3; ++j) sum += double(x[size_t((i * 2 + k) * 3 + j)]);
         const double mu = sum / 12;
         for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 3; ++j) sq += std::pow(double(x[size_t((i * 2 + k) * 3 + j)]) - mu, 2);
+          for (int j = 0; j < 3; ++j)
+            sq += std::pow(double(x[size_t((i * 2 + k) * 3 + j)]) - mu, 2);
         const double unbiased = sq / 11;
         const double f = cumulative ? 1.0 / step : 0.1;
         want_rm[size_t(k)] = (1 - f) * want_rm[size_t(k)] + f * mu;
@@ -152,8 +154,8 @@ TEST(FastPathNumerics, IllConditionedVarianceFloat) {
     std::vector<float> y(x.size()), mean(3), invstd(3), rm(3, 0.f), rv(3, 0.f);
     Options opt;
     opt.momentum = 1.0;
-    forward_training<float>(shape, x.data(), nullptr, nullptr, y.data(), mean.data(),
-                            invstd.data(), rm.data(), rv.data(), opt);
+    forward_training<float>(shape, x.data(), nullptr, nullptr, y.data(), mean.data(), invstd.data(),
+                            rm.data(), rv.data(), opt);
     const auto want = ref::forward_training(shape, widen<float>(x), {}, {}, 1e-5);
     for (size_t k = 0; k < 3; ++k) {
       const double m = double(shape.m());
@@ -169,7 +171,8 @@ TEST(FastPathNumerics, IllConditionedVarianceFloat) {
 // running statistics exactly as without it.
 TEST(FastPathNumerics, NonFiniteStaysInItsChannel) {
   for (Layout layout : {Layout::NCHW, Layout::NHWC})
-    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    for (float bad :
+         {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
       const Shape shape{4, 3, 5, layout};
       const auto clean = cast<float>(random_values(60, 77));
       auto dirty = clean;
@@ -187,7 +190,7 @@ TEST(FastPathNumerics, NonFiniteStaysInItsChannel) {
       for (size_t t = 0; t < a.size(); ++t) {
         const size_t count = a[t].size();
         for (size_t i = 0; i < count; ++i) {
-          const int64_t k = count == 3 ? int64_t(i)
+          const int64_t k = count == 3               ? int64_t(i)
                             : layout == Layout::NCHW ? int64_t(i / 5 % 3)
                                                      : int64_t(i % 3);
           if (k == 1) {

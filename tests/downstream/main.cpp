@@ -2,7 +2,6 @@
 // the reference that ships with it.
 #include <bnorm/bnorm.hpp>
 #include <bnorm/reference.hpp>
-
 #include <cmath>
 #include <cstdio>
 

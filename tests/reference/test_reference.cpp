@@ -18,7 +18,8 @@ TEST(Reference, MatchesFiniteDifferences) {
     const double eps = 1e-3;
     const auto fd = ref::finite_differences(shape, dy, x, w, b, eps);
     const auto invstd = ref::forward_training(shape, x, w, b, eps).invstd;
-    for (ref::Method method : {ref::Method::staged, ref::Method::closed_form, ref::Method::compact}) {
+    for (ref::Method method :
+         {ref::Method::staged, ref::Method::closed_form, ref::Method::compact}) {
       SCOPED_TRACE(ref::to_string(method));
       const auto g = ref::backward(method, shape, dy, x, w, eps);
       EXPECT_LT(dx_error(shape, g.dx, fd.dx, dy, w, invstd), 1e-7);
@@ -77,8 +78,8 @@ TEST(Reference, GradientInvariants) {
   const auto w = random_values(size_t(shape.c), 11, 1.0, 0.3);
   const double eps = 1e-3;  // large next to var = 0.0025, so the eps term shows
   const auto fwd = ref::forward_training(shape, x, {}, {}, eps);  // y = x_hat
-  for (ref::Method method :
-       {ref::Method::staged, ref::Method::closed_form, ref::Method::compact, ref::Method::frozen_moments}) {
+  for (ref::Method method : {ref::Method::staged, ref::Method::closed_form, ref::Method::compact,
+                             ref::Method::frozen_moments}) {
     const auto g = ref::backward(method, shape, dy, x, w, eps);
     for (int64_t k = 0; k < shape.c; ++k) {
       const auto dx = ref::gather_channel(shape, g.dx, k);

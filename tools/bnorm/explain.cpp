@@ -1,10 +1,10 @@
 // bnorm explain: one channel of four values through the staged graph, node
 // by node, then backward with every gradient beside its closed form, and the
 // frozen-moments gradient beside the true one.
-#include <bnorm/reference.hpp>
 #include <fmt/core.h>
 #include <fmt/ranges.h>
 
+#include <bnorm/reference.hpp>
 #include <cmath>
 #include <vector>
 
@@ -52,15 +52,19 @@ int run(const std::vector<double>& x, const std::vector<double>& dy, double gamm
 
   fmt::print("Backward, nodes in reverse, for dL/dy = {}\n", vec(b.dy));
   fmt::print("  {:<28} {:<44} {}\n", "gradient", "staged graph", "closed form (paper)");
-  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dbeta  (shift)", fmt::format("{:.5f}", b.dbeta), cf.dbeta);
-  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dgamma (scale)", fmt::format("{:.5f}", b.dgamma), cf.dgamma);
+  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dbeta  (shift)", fmt::format("{:.5f}", b.dbeta),
+             cf.dbeta);
+  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dgamma (scale)", fmt::format("{:.5f}", b.dgamma),
+             cf.dgamma);
   fmt::print("  {:<28} {:<44} {}\n", "dL/dx_hat (scale)", vec(b.dxhat), vec(cf.dxhat));
   fmt::print("  {:<28} {:.5f}\n", "dL/divar  (multiply)", b.divar);
   fmt::print("  {:<28} {:.5f}\n", "dL/dsqrtvar (invert)", b.dsqrtvar);
   fmt::print("  {:<28} {:.5f}\n", "dL/dvareps (sqrt)", b.dvareps);
-  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dvar   (add eps)", fmt::format("{:.5f}", b.dvar), cf.dvar);
+  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dvar   (add eps)", fmt::format("{:.5f}", b.dvar),
+             cf.dvar);
   fmt::print("  {:<28} {}\n", "dL/dxmu   (both paths)", vec(b.dxmu));
-  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dmu    (subtract)", fmt::format("{:.5f}", b.dmu), cf.dmu);
+  fmt::print("  {:<28} {:<44} {:.5f}\n", "dL/dmu    (subtract)", fmt::format("{:.5f}", b.dmu),
+             cf.dmu);
   fmt::print("  {:<28} {:<44} {}\n", "dL/dx     (mean)", vec(b.dx), vec(cf.dx));
   fmt::print("  {:<28} {:<44} {}\n\n", "dL/dx     compact form", "", vec(cf.dx_compact));
 
@@ -71,10 +75,11 @@ int run(const std::vector<double>& x, const std::vector<double>& dy, double gamm
   fmt::print("  frozen dL/dx = {}\n\n", vec(frozen));
   double dy_xhat = 0;
   for (size_t i = 0; i < x.size(); ++i) dy_xhat += dy[i] * f.xhat[i];
-  fmt::print("Invariants of the true gradient: a step along -dx cannot move the batch mean or\n"
-             "spread, which the normalization would undo anyway. sum dx is zero; sum dx * x_hat is\n"
-             "zero up to the eps term gamma*ivar*sum(dy*x_hat)*eps/(var+eps) = {:+.3e}:\n",
-             gamma * f.ivar * dy_xhat * eps / f.vareps);
+  fmt::print(
+      "Invariants of the true gradient: a step along -dx cannot move the batch mean or\n"
+      "spread, which the normalization would undo anyway. sum dx is zero; sum dx * x_hat is\n"
+      "zero up to the eps term gamma*ivar*sum(dy*x_hat)*eps/(var+eps) = {:+.3e}:\n",
+      gamma * f.ivar * dy_xhat * eps / f.vareps);
   invariants("true", b.dx, f.xhat);
   invariants("frozen moments", frozen, f.xhat);
   return 0;
@@ -83,7 +88,8 @@ int run(const std::vector<double>& x, const std::vector<double>& dy, double gamm
 }  // namespace
 
 void register_explain(CLI::App& app, int* exit_code) {
-  auto* cmd = app.add_subcommand("explain", "Walk one small example through the graph, node by node");
+  auto* cmd =
+      app.add_subcommand("explain", "Walk one small example through the graph, node by node");
   static std::vector<double> x{1.0, 2.0, 4.0, 9.0};
   static std::vector<double> dy{0.5, -1.0, 0.25, 2.0};
   static double gamma = 1.5, beta = 0.5, eps = 1e-5;
@@ -94,8 +100,9 @@ void register_explain(CLI::App& app, int* exit_code) {
   cmd->add_option("--eps", eps, "Epsilon")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->callback([exit_code] {
     if (x.size() < 2 || dy.size() != x.size())
-      throw std::invalid_argument("explain: need at least 2 values in --x and as many in --dy (got " +
-                                  std::to_string(x.size()) + " and " + std::to_string(dy.size()) + ")");
+      throw std::invalid_argument(
+          "explain: need at least 2 values in --x and as many in --dy (got " +
+          std::to_string(x.size()) + " and " + std::to_string(dy.size()) + ")");
     *exit_code = run(x, dy, gamma, beta, eps);
   });
 }

@@ -1,11 +1,11 @@
 // bnorm gradcheck: the fast path against the reference, the two derivations
 // of the reference against each other, and the reference against central
 // finite differences, over a sweep of shapes and both layouts.
-#include <bnorm/bnorm.hpp>
-#include <bnorm/reference.hpp>
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <bnorm/bnorm.hpp>
+#include <bnorm/reference.hpp>
 #include <cmath>
 #include <random>
 #include <string>
@@ -37,11 +37,12 @@ struct Row {
 };
 
 template <class T>
-void check_fast_path(const Shape& shape, const std::vector<double>& x0, const std::vector<double>& dy0,
-                     const std::vector<double>& w0, const std::vector<double>& b0, double eps,
-                     Row& y_row, Row& dx_row, Row& param_row) {
-  const std::vector<T> x(x0.begin(), x0.end()), dy(dy0.begin(), dy0.end()),
-      w(w0.begin(), w0.end()), b(b0.begin(), b0.end());
+void check_fast_path(const Shape& shape, const std::vector<double>& x0,
+                     const std::vector<double>& dy0, const std::vector<double>& w0,
+                     const std::vector<double>& b0, double eps, Row& y_row, Row& dx_row,
+                     Row& param_row) {
+  const std::vector<T> x(x0.begin(), x0.end()), dy(dy0.begin(), dy0.end()), w(w0.begin(), w0.end()),
+      b(b0.begin(), b0.end());
   const std::vector<double> xr(x.begin(), x.end()), dyr(dy.begin(), dy.end()),
       wr(w.begin(), w.end()), br(b.begin(), b.end());
   const size_t c = size_t(shape.c);
@@ -55,19 +56,20 @@ void check_fast_path(const Shape& shape, const std::vector<double>& x0, const st
   const auto fwd = ref::forward_training(shape, xr, wr, br, eps);
   const auto g = ref::backward(ref::Method::staged, shape, dyr, xr, wr, eps);
   y_row.add(error({y.begin(), y.end()}, fwd.y));
-  dx_row.add(ref::dx_error(shape, std::vector<double>(dx.begin(), dx.end()), g.dx, dyr, wr, fwd.invstd));
-  param_row.add(std::max(error({dw.begin(), dw.end()}, g.dweight),
-                         error({db.begin(), db.end()}, g.dbias)));
+  dx_row.add(
+      ref::dx_error(shape, std::vector<double>(dx.begin(), dx.end()), g.dx, dyr, wr, fwd.invstd));
+  param_row.add(
+      std::max(error({dw.begin(), dw.end()}, g.dweight), error({db.begin(), db.end()}, g.dbias)));
 }
 
 int run(bool quick, uint64_t seed) {
   std::vector<Shape> shapes;
-  const int64_t dims[][3] = {{2, 1, 1},  {1, 3, 7},   {5, 3, 1},   {3, 5, 17},
-                             {7, 13, 5}, {4, 33, 9},  {2, 2, 1025}, {32, 16, 49},
-                             {8, 64, 1}, {16, 3, 256}};
+  const int64_t dims[][3] = {{2, 1, 1},  {1, 3, 7},    {5, 3, 1},    {3, 5, 17}, {7, 13, 5},
+                             {4, 33, 9}, {2, 2, 1025}, {32, 16, 49}, {8, 64, 1}, {16, 3, 256}};
   const size_t count = quick ? 6 : std::size(dims);
   for (Layout layout : {Layout::NCHW, Layout::NHWC})
-    for (size_t i = 0; i < count; ++i) shapes.push_back({dims[i][0], dims[i][1], dims[i][2], layout});
+    for (size_t i = 0; i < count; ++i)
+      shapes.push_back({dims[i][0], dims[i][1], dims[i][2], layout});
 
   std::vector<Row> rows = {
       {"fast float32 vs reference: y", 1e-6},
@@ -96,7 +98,8 @@ int run(bool quick, uint64_t seed) {
     auto dx_err = [&](const std::vector<double>& got, const std::vector<double>& want) {
       return ref::dx_error(shape, got, want, dy, w, invstd);
     };
-    rows[6].add(dx_err(ref::backward(ref::Method::closed_form, shape, dy, x, w, eps).dx, staged.dx));
+    rows[6].add(
+        dx_err(ref::backward(ref::Method::closed_form, shape, dy, x, w, eps).dx, staged.dx));
     rows[7].add(dx_err(ref::backward(ref::Method::compact, shape, dy, x, w, eps).dx, staged.dx));
     if (shape.m() <= 2048) {  // finite differences cost O(m^2) per channel
       const auto fd = ref::finite_differences(shape, dy, x, w, b, eps);
@@ -104,11 +107,13 @@ int run(bool quick, uint64_t seed) {
       rows[9].add(std::max(error(staged.dweight, fd.dweight), error(staged.dbias, fd.dbias)));
     }
   }
-  fmt::print("bnorm gradcheck: {} shapes (n, c, s from {}x{}x{} to {}x{}x{}), NCHW and NHWC, seed {}\n",
-             shapes.size(), dims[0][0], dims[0][1], dims[0][2], dims[count - 1][0],
-             dims[count - 1][1], dims[count - 1][2], seed);
-  fmt::print("error = max |got - want| / max |want|; for dx, / max |gamma * invstd * dy| (the size of\n"
-             "the terms that cancel in dx)\n\n");
+  fmt::print(
+      "bnorm gradcheck: {} shapes (n, c, s from {}x{}x{} to {}x{}x{}), NCHW and NHWC, seed {}\n",
+      shapes.size(), dims[0][0], dims[0][1], dims[0][2], dims[count - 1][0], dims[count - 1][1],
+      dims[count - 1][2], seed);
+  fmt::print(
+      "error = max |got - want| / max |want|; for dx, / max |gamma * invstd * dy| (the size of\n"
+      "the terms that cancel in dx)\n\n");
   fmt::print("{:<48} {:>12} {:>10}  {}\n", "check", "max error", "tolerance", "result");
   bool all_ok = true;
   for (const Row& r : rows) {
@@ -124,7 +129,8 @@ int run(bool quick, uint64_t seed) {
 
 void register_gradcheck(CLI::App& app, int* exit_code) {
   auto* cmd = app.add_subcommand(
-      "gradcheck", "Check the fast path and the reference against each other and finite differences");
+      "gradcheck",
+      "Check the fast path and the reference against each other and finite differences");
   static bool quick = false;
   static uint64_t seed = 2015;
   cmd->add_flag("--quick", quick, "Fewer shapes");
