@@ -1,8 +1,10 @@
 // The public functions: validate everything, then run the CPU kernels.
 #include <bnorm/bnorm.hpp>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/fast.hpp"
 #include "cpu/kernels.hpp"
 #include "validate.hpp"
 
@@ -44,6 +46,20 @@ void forward_training(const Shape& shape, const T* x, const T* weight, const T* 
     factor = 1.0 / double(options.num_batches_tracked);
   }
 
+  if constexpr (std::is_same_v<T, float>) {
+    // One fused call: statistics, y, saved and running statistics.
+    cpu::ForwardOutputs out;
+    out.weight = weight;
+    out.bias = bias;
+    out.save_mean = save_mean;
+    out.save_invstd = save_invstd;
+    out.running_mean = running_mean;
+    out.running_var = running_var;
+    out.eps = options.eps;
+    out.factor = factor;
+    cpu::forward_training_f32(shape, x, y, out);
+    return;
+  }
   const int64_t c = shape.c;
   const double m = double(shape.m());
   std::vector<double> mean(static_cast<size_t>(c)), var(static_cast<size_t>(c)),
@@ -100,6 +116,18 @@ void backward_impl(const char* fn, bool through_moments, const Shape& shape, con
   detail::check_not_null(fn, x, "x");
   detail::check_not_null(fn, mean_in, through_moments ? "save_mean" : "mean");
   detail::check_not_null(fn, invstd_in, through_moments ? "save_invstd" : "invstd");
+  if constexpr (std::is_same_v<T, float>) {
+    if (!dx && !dweight && !dbias) return;
+    cpu::BackwardOutputs out;
+    out.weight = weight;
+    out.mean = mean_in;
+    out.invstd = invstd_in;
+    out.dweight = dweight;
+    out.dbias = dbias;
+    out.through_moments = through_moments;
+    cpu::backward_f32(shape, dy, x, dx, out);
+    return;
+  }
   const int64_t c = shape.c;
   const double m = double(shape.m());
   std::vector<double> mean(static_cast<size_t>(c)), sum_dy(static_cast<size_t>(c)),

@@ -66,6 +66,13 @@ struct Options {
   int64_t num_batches_tracked = 0;
 };
 
+// Threads the kernels use: 0 (the default) follows OpenMP (OMP_NUM_THREADS,
+// else one per core). Results are bitwise identical for every thread count.
+// Throws std::invalid_argument for a negative count.
+void set_num_threads(int threads);
+// The count the next call will use.
+int num_threads();
+
 // Training forward: normalizes with the batch statistics.
 // x, y: numel values in the shape's layout. weight, bias: c values or null
 // (gamma = 1, beta = 0). save_mean, save_invstd: c outputs (mean and

@@ -1,5 +1,8 @@
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
+#include "fast.hpp"
 #include "kernels.hpp"
 
 namespace bnorm::cpu {
@@ -8,6 +11,14 @@ template <class T>
 void backward_reduce(const Shape& shape, const T* dy, const T* x, const double* mean,
                      double* sum_dy, double* sum_dy_xmu) {
   const int64_t n = shape.n, c = shape.c, s = shape.s;
+  if constexpr (std::is_same_v<T, float>) {
+    std::vector<float> mu(static_cast<size_t>(c));
+    for (int64_t k = 0; k < c; ++k) mu[size_t(k)] = float(mean[k]);
+    backward_reduce_f32(shape, dy, x, mu.data(), sum_dy, sum_dy_xmu);
+    // sum dy * (x - mean) = sum dy * (x - mu) - (mean - mu) * sum dy
+    for (int64_t k = 0; k < c; ++k) sum_dy_xmu[k] -= (mean[k] - double(mu[size_t(k)])) * sum_dy[k];
+    return;
+  }
   std::fill(sum_dy, sum_dy + c, 0.0);
   std::fill(sum_dy_xmu, sum_dy_xmu + c, 0.0);
   if (shape.layout == Layout::NCHW) {
@@ -41,6 +52,19 @@ template <class T>
 void backward_dx(const Shape& shape, const T* dy, const T* x, const double* mean, const double* a,
                  const double* b, const double* c_, T* dx) {
   const int64_t n = shape.n, c = shape.c, s = shape.s;
+  if constexpr (std::is_same_v<T, float>) {
+    std::vector<float> mu(static_cast<size_t>(c)), af(static_cast<size_t>(c)),
+        bf(static_cast<size_t>(c)), cf(static_cast<size_t>(c));
+    for (int64_t k = 0; k < c; ++k) {
+      const size_t kk = size_t(k);
+      mu[kk] = float(mean[k]);
+      af[kk] = float(a[k]);
+      bf[kk] = float(b[k]);
+      cf[kk] = float(c_[k] + b[k] * (double(mu[kk]) - mean[k]));
+    }
+    backward_dx_f32(shape, dy, x, mu.data(), af.data(), bf.data(), cf.data(), dx);
+    return;
+  }
   if (shape.layout == Layout::NCHW) {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t k = 0; k < c; ++k) {

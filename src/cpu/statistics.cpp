@@ -1,11 +1,17 @@
+#include <type_traits>
 #include <vector>
 
+#include "fast.hpp"
 #include "kernels.hpp"
 
 namespace bnorm::cpu {
 
 template <class T>
 void moments(const Shape& shape, const T* x, double* mean, double* var) {
+  if constexpr (std::is_same_v<T, float>) {
+    moments_f32(shape, x, mean, var);
+    return;
+  }
   const int64_t n = shape.n, c = shape.c, s = shape.s;
   const double m = double(shape.m());
   if (shape.layout == Layout::NCHW) {
