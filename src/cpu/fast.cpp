@@ -86,6 +86,16 @@ inline bool stream_output(const Shape& shape) {
   return shape.numel() * int64_t(sizeof(float)) >= kStreamBytes;
 }
 
+// Per-thread buffers that outlive the call: fresh pages for partial results
+// on every call would cost more than the work on small shapes. Slot tells
+// apart the buffers one thread needs at once.
+template <class T, int Slot>
+T* scratch(int64_t count) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < size_t(count)) buffer.resize(size_t(count));
+  return buffer.data();
+}
+
 // Count, mean and sum of squared deviations of one unit, merged with Chan's
 // formula.
 struct Moments {
@@ -121,106 +131,21 @@ HWY_INLINE void Put(DF d, VF v, float* HWY_RESTRICT p, bool stream) {
   }
 }
 
-HWY_INLINE double Total(DF d, VF a0, VF a1, VF a2, VF a3) {
-  return double(hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)))));
+// Elements before p reaches vector alignment: streamed stores need it, so
+// streaming loops peel these off in scalar code.
+HWY_INLINE int64_t Misalignment(DF d, const float* p) {
+  const uintptr_t bytes = hn::Lanes(d) * sizeof(float);
+  const uintptr_t off = reinterpret_cast<uintptr_t>(p) % bytes;
+  return off == 0 || off % sizeof(float) != 0 ? 0 : int64_t((bytes - off) / sizeof(float));
 }
 
-// sum p[0, len).
-double SumSpan(const float* HWY_RESTRICT p, int64_t len) {
-  const DF d;
-  const int64_t N = int64_t(hn::Lanes(d));
-  double total = 0;
-  for (int64_t b0 = 0; b0 < len; b0 += kBlock) {
-    const int64_t e = std::min(len, b0 + kBlock);
-    VF a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0;
-    int64_t j = b0;
-    for (; j + 4 * N <= e; j += 4 * N) {
-      a0 = hn::Add(a0, hn::LoadU(d, p + j));
-      a1 = hn::Add(a1, hn::LoadU(d, p + j + N));
-      a2 = hn::Add(a2, hn::LoadU(d, p + j + 2 * N));
-      a3 = hn::Add(a3, hn::LoadU(d, p + j + 3 * N));
-    }
-    for (; j + N <= e; j += N) a0 = hn::Add(a0, hn::LoadU(d, p + j));
-    float tail = 0;
-    for (; j < e; ++j) tail += p[j];
-    total += Total(d, a0, a1, a2, a3) + double(tail);
-  }
-  return total;
+HWY_INLINE double Total(DF d, VF a0, VF a1, VF a2, VF a3) {
+  return double(hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)))));
 }
 
 struct Pair {
   double first = 0, second = 0;
 };
-
-// sum (p - mu) and sum (p - mu)^2 over p[0, len).
-Pair CenteredSpan(const float* HWY_RESTRICT p, int64_t len, float mu) {
-  const DF d;
-  const int64_t N = int64_t(hn::Lanes(d));
-  const VF vmu = hn::Set(d, mu);
-  Pair total;
-  for (int64_t b0 = 0; b0 < len; b0 += kBlock) {
-    const int64_t e = std::min(len, b0 + kBlock);
-    VF s0 = hn::Zero(d), s1 = s0, q0 = s0, q1 = s0;
-    int64_t j = b0;
-    for (; j + 2 * N <= e; j += 2 * N) {
-      const VF v0 = hn::Sub(hn::LoadU(d, p + j), vmu);
-      const VF v1 = hn::Sub(hn::LoadU(d, p + j + N), vmu);
-      s0 = hn::Add(s0, v0);
-      s1 = hn::Add(s1, v1);
-      q0 = hn::MulAdd(v0, v0, q0);
-      q1 = hn::MulAdd(v1, v1, q1);
-    }
-    for (; j + N <= e; j += N) {
-      const VF v0 = hn::Sub(hn::LoadU(d, p + j), vmu);
-      s0 = hn::Add(s0, v0);
-      q0 = hn::MulAdd(v0, v0, q0);
-    }
-    float ts = 0, tq = 0;
-    for (; j < e; ++j) {
-      const float v = p[j] - mu;
-      ts += v;
-      tq += v * v;
-    }
-    const VF z = hn::Zero(d);
-    total.first += Total(d, s0, s1, z, z) + double(ts);
-    total.second += Total(d, q0, q1, z, z) + double(tq);
-  }
-  return total;
-}
-
-// sum dy and sum dy * (x - mu) over [0, len).
-Pair DotSpan(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x, int64_t len, float mu) {
-  const DF d;
-  const int64_t N = int64_t(hn::Lanes(d));
-  const VF vmu = hn::Set(d, mu);
-  Pair total;
-  for (int64_t b0 = 0; b0 < len; b0 += kBlock) {
-    const int64_t e = std::min(len, b0 + kBlock);
-    VF s0 = hn::Zero(d), s1 = s0, q0 = s0, q1 = s0;
-    int64_t j = b0;
-    for (; j + 2 * N <= e; j += 2 * N) {
-      const VF g0 = hn::LoadU(d, dy + j), g1 = hn::LoadU(d, dy + j + N);
-      s0 = hn::Add(s0, g0);
-      s1 = hn::Add(s1, g1);
-      q0 = hn::MulAdd(g0, hn::Sub(hn::LoadU(d, x + j), vmu), q0);
-      q1 = hn::MulAdd(g1, hn::Sub(hn::LoadU(d, x + j + N), vmu), q1);
-    }
-    for (; j + N <= e; j += N) {
-      const VF g0 = hn::LoadU(d, dy + j);
-      s0 = hn::Add(s0, g0);
-      q0 = hn::MulAdd(g0, hn::Sub(hn::LoadU(d, x + j), vmu), q0);
-    }
-    float ts = 0, tq = 0;
-    for (; j < e; ++j) {
-      ts += dy[j];
-      tq += dy[j] * (x[j] - mu);
-    }
-    const VF z = hn::Zero(d);
-    total.first += Total(d, s0, s1, z, z) + double(ts);
-    total.second += Total(d, q0, q1, z, z) + double(tq);
-  }
-  return total;
-}
 
 // y = (x - mu) * scale + shift over [0, len).
 void NormalizeSpan(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t len, float mu,
@@ -228,7 +153,8 @@ void NormalizeSpan(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t l
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
   const VF vmu = hn::Set(d, mu), va = hn::Set(d, scale), vb = hn::Set(d, shift);
-  int64_t j = 0;
+  int64_t j = stream ? std::min(len, Misalignment(d, y)) : 0;
+  for (int64_t h = 0; h < j; ++h) y[h] = (x[h] - mu) * scale + shift;
   for (; j + N <= len; j += N)
     Put(d, hn::MulAdd(hn::Sub(hn::LoadU(d, x + j), vmu), va, vb), y + j, stream);
   for (; j < len; ++j) y[j] = (x[j] - mu) * scale + shift;
@@ -240,7 +166,8 @@ void DxSpan(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x, float* HW
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
   const VF vmu = hn::Set(d, mu), va = hn::Set(d, a), vb = hn::Set(d, b), vc = hn::Set(d, c);
-  int64_t j = 0;
+  int64_t j = stream ? std::min(len, Misalignment(d, dx)) : 0;
+  for (int64_t h = 0; h < j; ++h) dx[h] = a * dy[h] + (b * (x[h] - mu) + c);
   for (; j + N <= len; j += N) {
     const VF xm = hn::Sub(hn::LoadU(d, x + j), vmu);
     Put(d, hn::MulAdd(va, hn::LoadU(d, dy + j), hn::MulAdd(vb, xm, vc)), dx + j, stream);
@@ -250,129 +177,298 @@ void DxSpan(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x, float* HW
 
 // ---- NCHW (s > 1) ----
 
-// Moments of channel k over samples [i0, i1): a sum pass, then a centered
-// pass that rereads the unit from cache.
-Moments NchwUnitMoments(const Shape& shape, const float* x, int64_t k, int64_t i0, int64_t i1) {
+// Channel k's planes for samples [i0, i1), in order. The vector partial sums
+// run across planes (a horizontal reduction per plane would cost more than
+// a short plane's loads) and move to double every kBlock values.
+template <class Body, class Tail, class Flush>
+HWY_INLINE void ForPlanes(const Shape& shape, int64_t k, int64_t i0, int64_t i1, Body&& body,
+                          Tail&& tail, Flush&& flush) {
   const int64_t c = shape.c, s = shape.s;
-  double sum = 0;
-  for (int64_t i = i0; i < i1; ++i) sum += SumSpan(x + (i * c + k) * s, s);
-  const double count = double((i1 - i0) * s);
-  const float mu = float(sum / count);
-  Pair dev;
-  for (int64_t i = i0; i < i1; ++i) {
-    const Pair p = CenteredSpan(x + (i * c + k) * s, s, mu);
-    dev.first += p.first;
-    dev.second += p.second;
-  }
-  // Corrected two-pass: the deviations' own mean repairs mu's rounding.
-  return {count, double(mu) + dev.first / count, dev.second - dev.first * dev.first / count};
-}
-
-Pair NchwUnitDot(const Shape& shape, const float* dy, const float* x, int64_t k, int64_t i0,
-                 int64_t i1, float mu) {
-  const int64_t c = shape.c, s = shape.s;
-  Pair total;
+  const int64_t N = int64_t(hn::Lanes(DF()));
+  int64_t pending = 0;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t base = (i * c + k) * s;
-    const Pair p = DotSpan(dy + base, x + base, s, mu);
-    total.first += p.first;
-    total.second += p.second;
+    int64_t j = 0;
+    for (; j + 2 * N <= s; j += 2 * N) body(base + j, base + j + N);
+    if (j + N <= s) {
+      body(base + j, -1);
+      j += N;
+    }
+    for (; j < s; ++j) tail(base + j);
+    pending += s;
+    if (pending >= kBlock || i + 1 == i1) {
+      flush();
+      pending = 0;
+    }
   }
+}
+
+// Moments of channel k over samples [i0, i1): a sum pass, then a centered
+// pass that rereads the unit from cache.
+Moments NchwUnitMoments(const Shape& shape, const float* HWY_RESTRICT x, int64_t k, int64_t i0,
+                        int64_t i1) {
+  const DF d;
+  const VF z = hn::Zero(d);
+  VF a0 = z, a1 = z;
+  float ta = 0;
+  double sum = 0;
+  ForPlanes(
+      shape, k, i0, i1,
+      [&](int64_t j0, int64_t j1) {
+        a0 = hn::Add(a0, hn::LoadU(d, x + j0));
+        if (j1 >= 0) a1 = hn::Add(a1, hn::LoadU(d, x + j1));
+      },
+      [&](int64_t j) { ta += x[j]; },
+      [&] {
+        sum += Total(d, a0, a1, z, z) + double(ta);
+        a0 = a1 = z;
+        ta = 0;
+      });
+  const double count = double((i1 - i0) * shape.s);
+  const float mu = float(sum / count);
+  const VF vmu = hn::Set(d, mu);
+  VF s0 = z, s1 = z, q0 = z, q1 = z;
+  float ts = 0, tq = 0;
+  double dev = 0, sq = 0;
+  ForPlanes(
+      shape, k, i0, i1,
+      [&](int64_t j0, int64_t j1) {
+        const VF e0 = hn::Sub(hn::LoadU(d, x + j0), vmu);
+        s0 = hn::Add(s0, e0);
+        q0 = hn::MulAdd(e0, e0, q0);
+        if (j1 >= 0) {
+          const VF e1 = hn::Sub(hn::LoadU(d, x + j1), vmu);
+          s1 = hn::Add(s1, e1);
+          q1 = hn::MulAdd(e1, e1, q1);
+        }
+      },
+      [&](int64_t j) {
+        const float e = x[j] - mu;
+        ts += e;
+        tq += e * e;
+      },
+      [&] {
+        dev += Total(d, s0, s1, z, z) + double(ts);
+        sq += Total(d, q0, q1, z, z) + double(tq);
+        s0 = s1 = q0 = q1 = z;
+        ts = tq = 0;
+      });
+  // Corrected two-pass: the deviations' own mean repairs mu's rounding.
+  return {count, double(mu) + dev / count, sq - dev * dev / count};
+}
+
+// sum dy and sum dy * (x - mu) of channel k over samples [i0, i1).
+Pair NchwUnitDot(const Shape& shape, const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x,
+                 int64_t k, int64_t i0, int64_t i1, float mu) {
+  const DF d;
+  const VF z = hn::Zero(d), vmu = hn::Set(d, mu);
+  VF s0 = z, s1 = z, q0 = z, q1 = z;
+  float ts = 0, tq = 0;
+  Pair total;
+  ForPlanes(
+      shape, k, i0, i1,
+      [&](int64_t j0, int64_t j1) {
+        const VF g0 = hn::LoadU(d, dy + j0);
+        s0 = hn::Add(s0, g0);
+        q0 = hn::MulAdd(g0, hn::Sub(hn::LoadU(d, x + j0), vmu), q0);
+        if (j1 >= 0) {
+          const VF g1 = hn::LoadU(d, dy + j1);
+          s1 = hn::Add(s1, g1);
+          q1 = hn::MulAdd(g1, hn::Sub(hn::LoadU(d, x + j1), vmu), q1);
+        }
+      },
+      [&](int64_t j) {
+        ts += dy[j];
+        tq += dy[j] * (x[j] - mu);
+      },
+      [&] {
+        total.first += Total(d, s0, s1, z, z) + double(ts);
+        total.second += Total(d, q0, q1, z, z) + double(tq);
+        s0 = s1 = q0 = q1 = z;
+        ts = tq = 0;
+      });
   return total;
 }
 
 // ---- rows (NHWC and 2-D) ----
 
-// Adds acc[0, c) to total[0, c) and clears acc.
-HWY_INLINE void Flush(float* HWY_RESTRICT acc, double* HWY_RESTRICT total, int64_t c) {
-  for (int64_t k = 0; k < c; ++k) {
-    total[k] += double(acc[k]);
-    acc[k] = 0.f;
+// Row kernels work on a block of NV vectors of channels [k0, k0 + NV * N)
+// with the partial sums in registers; every kFlushRows rows the float
+// partials move to double totals.
+template <int NV>
+HWY_INLINE void FlushBlock(DF d, VF (&acc)[4], double* HWY_RESTRICT total) {
+  const int64_t N = int64_t(hn::Lanes(d));
+#if HWY_TARGET == HWY_SCALAR
+  for (int v = 0; v < NV; ++v) {
+    total[v] += double(hn::GetLane(acc[v]));
+    acc[v] = hn::Zero(d);
+  }
+  (void)N;
+#else
+  // Widen each half of the float vector to a double vector and add.
+  const hn::Half<DF> dh;
+  const hn::Rebind<double, decltype(dh)> dd;
+  const int64_t H = int64_t(hn::Lanes(dd));
+  for (int v = 0; v < NV; ++v) {
+    double* HWY_RESTRICT t = total + v * N;
+    hn::StoreU(hn::Add(hn::LoadU(dd, t), hn::PromoteTo(dd, hn::LowerHalf(dh, acc[v]))), dd, t);
+    hn::StoreU(hn::Add(hn::LoadU(dd, t + H), hn::PromoteTo(dd, hn::UpperHalf(dh, acc[v]))), dd,
+               t + H);
+    acc[v] = hn::Zero(d);
+  }
+#endif
+}
+
+// total[k0 + i] += sum over rows of x[r, k0 + i].
+template <int NV>
+void SumBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
+              double* HWY_RESTRICT total) {
+  const DF d;
+  const int64_t N = int64_t(hn::Lanes(d));
+  VF acc[4];
+  for (int v = 0; v < 4; ++v) acc[v] = hn::Zero(d);
+  for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
+    const int64_t re = std::min(r1, rb + kFlushRows);
+    for (int64_t r = rb; r < re; ++r) {
+      const float* HWY_RESTRICT row = x + r * c + k0;
+      for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], hn::LoadU(d, row + v * N));
+    }
+    FlushBlock<NV>(d, acc, total + k0);
   }
 }
 
-// Per-channel mean and M2 of rows [r0, r1); scratch holds 2 * c floats.
-void RowsUnitMoments(const float* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
-                     float* scratch) {
+// dev[k] += sum (x - mu_k), sq[k] += sum (x - mu_k)^2 for the block's channels.
+template <int NV>
+void CenteredBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
+                   const float* HWY_RESTRICT mu, double* HWY_RESTRICT dev,
+                   double* HWY_RESTRICT sq) {
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
-  float* HWY_RESTRICT acc = scratch;
-  float* HWY_RESTRICT acc2 = scratch + c;
-  std::fill(acc, acc + 2 * c, 0.f);
+  VF vmu[4], s[4], q[4];
+  for (int v = 0; v < 4; ++v) {
+    vmu[v] = v < NV ? hn::LoadU(d, mu + k0 + v * N) : hn::Zero(d);
+    s[v] = hn::Zero(d);
+    q[v] = hn::Zero(d);
+  }
+  for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
+    const int64_t re = std::min(r1, rb + kFlushRows);
+    for (int64_t r = rb; r < re; ++r) {
+      const float* HWY_RESTRICT row = x + r * c + k0;
+      for (int v = 0; v < NV; ++v) {
+        const VF e = hn::Sub(hn::LoadU(d, row + v * N), vmu[v]);
+        s[v] = hn::Add(s[v], e);
+        q[v] = hn::MulAdd(e, e, q[v]);
+      }
+    }
+    FlushBlock<NV>(d, s, dev + k0);
+    FlushBlock<NV>(d, q, sq + k0);
+  }
+}
+
+// sum_dy[k] += sum dy, sum_dy_xmu[k] += sum dy * (x - mu_k).
+template <int NV>
+void DotBlock(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x, int64_t c, int64_t k0,
+              int64_t r0, int64_t r1, const float* HWY_RESTRICT mu, double* HWY_RESTRICT sum_dy,
+              double* HWY_RESTRICT sum_dy_xmu) {
+  const DF d;
+  const int64_t N = int64_t(hn::Lanes(d));
+  VF vmu[4], s[4], q[4];
+  for (int v = 0; v < 4; ++v) {
+    vmu[v] = v < NV ? hn::LoadU(d, mu + k0 + v * N) : hn::Zero(d);
+    s[v] = hn::Zero(d);
+    q[v] = hn::Zero(d);
+  }
+  for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
+    const int64_t re = std::min(r1, rb + kFlushRows);
+    for (int64_t r = rb; r < re; ++r) {
+      const float* HWY_RESTRICT xr = x + r * c + k0;
+      const float* HWY_RESTRICT gr = dy + r * c + k0;
+      for (int v = 0; v < NV; ++v) {
+        const VF g = hn::LoadU(d, gr + v * N);
+        s[v] = hn::Add(s[v], g);
+        q[v] = hn::MulAdd(g, hn::Sub(hn::LoadU(d, xr + v * N), vmu[v]), q[v]);
+      }
+    }
+    FlushBlock<NV>(d, s, sum_dy + k0);
+    FlushBlock<NV>(d, q, sum_dy_xmu + k0);
+  }
+}
+
+// Runs f.template operator()<NV>(k0) over channel blocks of up to 4 vectors
+// and returns where the scalar tail starts.
+template <class F>
+HWY_INLINE int64_t ForBlocks(int64_t c, F&& f) {
+  const int64_t N = int64_t(hn::Lanes(DF()));
+  int64_t k0 = 0;
+  for (; k0 + 4 * N <= c; k0 += 4 * N) f.template operator()<4>(k0);
+  switch ((c - k0) / N) {
+    case 3:
+      f.template operator()<3>(k0);
+      break;
+    case 2:
+      f.template operator()<2>(k0);
+      break;
+    case 1:
+      f.template operator()<1>(k0);
+      break;
+    default:
+      break;
+  }
+  return k0 + (c - k0) / N * N;
+}
+
+// Per-channel mean and M2 of rows [r0, r1): a sum pass and a centered pass
+// (the unit is still in cache for the second).
+// Wide rows: the block walks visit many rows at once, which the hardware
+// prefetchers follow poorly; a sequential sweep of prefetches first brings
+// the unit in at streaming speed.
+HWY_INLINE void PrefetchRows(const float* x, int64_t c, int64_t r0, int64_t r1) {
+  if (c <= 4 * int64_t(hn::Lanes(DF()))) return;
+  const char* p = reinterpret_cast<const char*>(x + r0 * c);
+  const char* end = reinterpret_cast<const char*>(x + r1 * c);
+  for (; p < end; p += 64) hwy::Prefetch(p);
+}
+
+void RowsUnitMoments(const float* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
+                     float* mu, double* dev) {
+  PrefetchRows(x, c, r0, r1);
   std::fill(mean, mean + c, 0.0);
   std::fill(m2, m2 + c, 0.0);
-  for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
-    for (int64_t r = rb; r < std::min(r1, rb + kFlushRows); ++r) {
-      const float* HWY_RESTRICT row = x + r * c;
-      int64_t k = 0;
-      for (; k + N <= c; k += N)
-        hn::StoreU(hn::Add(hn::LoadU(d, acc + k), hn::LoadU(d, row + k)), d, acc + k);
-      for (; k < c; ++k) acc[k] += row[k];
-    }
-    Flush(acc, mean, c);
-  }
+  std::fill(dev, dev + c, 0.0);
+  const int64_t tail =
+      ForBlocks(c, [&]<int NV>(int64_t k0) { SumBlock<NV>(x, c, k0, r0, r1, mean); });
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t k = tail; k < c; ++k) mean[k] += double(x[r * c + k]);
   const double count = double(r1 - r0);
-  // mu (float) in acc2's place until the centered pass is done; the deviation
-  // sums go to m2 (squares) and mean (plain) afterwards.
-  float* HWY_RESTRICT mu = acc2;
   for (int64_t k = 0; k < c; ++k) mu[k] = float(mean[k] / count);
-  std::vector<float> sq(size_t(c), 0.f);
-  std::vector<double> dev(size_t(c), 0.0);
-  float* HWY_RESTRICT accq = sq.data();
-  for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
-    for (int64_t r = rb; r < std::min(r1, rb + kFlushRows); ++r) {
-      const float* HWY_RESTRICT row = x + r * c;
-      int64_t k = 0;
-      for (; k + N <= c; k += N) {
-        const VF v = hn::Sub(hn::LoadU(d, row + k), hn::LoadU(d, mu + k));
-        hn::StoreU(hn::Add(hn::LoadU(d, acc + k), v), d, acc + k);
-        hn::StoreU(hn::MulAdd(v, v, hn::LoadU(d, accq + k)), d, accq + k);
-      }
-      for (; k < c; ++k) {
-        const float v = row[k] - mu[k];
-        acc[k] += v;
-        accq[k] += v * v;
-      }
+  ForBlocks(c, [&]<int NV>(int64_t k0) { CenteredBlock<NV>(x, c, k0, r0, r1, mu, dev, m2); });
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t k = tail; k < c; ++k) {
+      const double e = double(x[r * c + k] - mu[k]);
+      dev[k] += e;
+      m2[k] += e * e;
     }
-    Flush(acc, dev.data(), c);
-    Flush(accq, m2, c);
-  }
   for (int64_t k = 0; k < c; ++k) {
-    const double s1 = dev[size_t(k)];
-    mean[k] = double(mu[k]) + s1 / count;
-    m2[k] -= s1 * s1 / count;
+    // Corrected two-pass: the deviations' own mean repairs mu's rounding.
+    mean[k] = double(mu[k]) + dev[k] / count;
+    m2[k] -= dev[k] * dev[k] / count;
   }
 }
 
-// Per-channel sum dy and sum dy * (x - mu) of rows [r0, r1); scratch: 2 * c.
+// Per-channel sum dy and sum dy * (x - mu) of rows [r0, r1).
 void RowsUnitDot(const float* dy, const float* x, const float* mu, int64_t c, int64_t r0,
-                 int64_t r1, double* sum_dy, double* sum_dy_xmu, float* scratch) {
-  const DF d;
-  const int64_t N = int64_t(hn::Lanes(d));
-  float* HWY_RESTRICT acc = scratch;
-  float* HWY_RESTRICT accq = scratch + c;
-  std::fill(acc, acc + 2 * c, 0.f);
+                 int64_t r1, double* sum_dy, double* sum_dy_xmu) {
+  PrefetchRows(x, c, r0, r1);
+  PrefetchRows(dy, c, r0, r1);
   std::fill(sum_dy, sum_dy + c, 0.0);
   std::fill(sum_dy_xmu, sum_dy_xmu + c, 0.0);
-  for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
-    for (int64_t r = rb; r < std::min(r1, rb + kFlushRows); ++r) {
-      const float* HWY_RESTRICT xr = x + r * c;
-      const float* HWY_RESTRICT gr = dy + r * c;
-      int64_t k = 0;
-      for (; k + N <= c; k += N) {
-        const VF g = hn::LoadU(d, gr + k);
-        const VF xm = hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, mu + k));
-        hn::StoreU(hn::Add(hn::LoadU(d, acc + k), g), d, acc + k);
-        hn::StoreU(hn::MulAdd(g, xm, hn::LoadU(d, accq + k)), d, accq + k);
-      }
-      for (; k < c; ++k) {
-        acc[k] += gr[k];
-        accq[k] += gr[k] * (xr[k] - mu[k]);
-      }
+  const int64_t tail = ForBlocks(
+      c, [&]<int NV>(int64_t k0) { DotBlock<NV>(dy, x, c, k0, r0, r1, mu, sum_dy, sum_dy_xmu); });
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t k = tail; k < c; ++k) {
+      sum_dy[k] += double(dy[r * c + k]);
+      sum_dy_xmu[k] += double(dy[r * c + k]) * double(x[r * c + k] - mu[k]);
     }
-    Flush(acc, sum_dy, c);
-    Flush(accq, sum_dy_xmu, c);
-  }
 }
 
 // ---- whole tensors ----
@@ -400,24 +496,38 @@ void StatsAll(const Shape& shape, const float* x, double* mean, double* var) {
     return;
   }
   const int64_t rows = shape.m(), per = rows_per_unit(c), units = (rows + per - 1) / per;
-  std::vector<double> part_mean(static_cast<size_t>(units * c)),
-      part_m2(static_cast<size_t>(units * c));
+  double* part_mean = scratch<double, 0>(units * c);
+  double* part_m2 = scratch<double, 1>(units * c);
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<float> scratch(static_cast<size_t>(2 * c));
+    float* mu = scratch<float, 2>(c);
+    double* dev = scratch<double, 3>(c);
 #pragma omp for schedule(dynamic)
     for (int64_t u = 0; u < units; ++u)
-      RowsUnitMoments(x, c, u * per, std::min(rows, (u + 1) * per), part_mean.data() + u * c,
-                      part_m2.data() + u * c, scratch.data());
+      RowsUnitMoments(x, c, u * per, std::min(rows, (u + 1) * per), part_mean + u * c,
+                      part_m2 + u * c, mu, dev);
   }
-  for (int64_t k = 0; k < c; ++k) {
-    Moments total;
+  // Merged in unit order: the mean from the units' sums, then M2 as the
+  // units' M2 plus their means' spread about it. Channel blocks in parallel.
+  const int64_t kb = 256, blocks = (c + kb - 1) / kb;
+#pragma omp parallel for schedule(static) num_threads(units* c >= 16384 ? nt : 1)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t k0 = blk * kb, k1 = std::min(c, k0 + kb);
+    std::fill(mean + k0, mean + k1, 0.0);
+    std::fill(var + k0, var + k1, 0.0);
     for (int64_t u = 0; u < units; ++u) {
       const double count = double(std::min(rows, (u + 1) * per) - u * per);
-      total = merge(total, {count, part_mean[size_t(u * c + k)], part_m2[size_t(u * c + k)]});
+      for (int64_t k = k0; k < k1; ++k) mean[k] += count * part_mean[u * c + k];
     }
-    mean[k] = total.mean;
-    var[k] = total.m2 / total.count;
+    for (int64_t k = k0; k < k1; ++k) mean[k] /= double(rows);
+    for (int64_t u = 0; u < units; ++u) {
+      const double count = double(std::min(rows, (u + 1) * per) - u * per);
+      for (int64_t k = k0; k < k1; ++k) {
+        const double delta = part_mean[u * c + k] - mean[k];
+        var[k] += part_m2[u * c + k] + count * delta * delta;
+      }
+    }
+    for (int64_t k = k0; k < k1; ++k) var[k] /= double(rows);
   }
 }
 
@@ -437,11 +547,30 @@ void NormalizeAll(const Shape& shape, const float* x, const float* mu, const flo
     const DF d;
     const int64_t N = int64_t(hn::Lanes(d));
     const int64_t rows = shape.m();
+    if (c % N == 0 && c <= 4 * N && !stream) {
+      // Narrow rows: the parameters stay in registers.
+      ForBlocks(c, [&]<int NV>(int64_t) {
+        VF vmu[4], va[4], vb[4];
+        for (int v = 0; v < 4; ++v) {
+          const int64_t k = v < NV ? v * N : 0;
+          vmu[v] = hn::LoadU(d, mu + k);
+          va[v] = hn::LoadU(d, scale + k);
+          vb[v] = hn::LoadU(d, shift + k);
+        }
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int v = 0; v < NV; ++v)
+            hn::StoreU(hn::MulAdd(hn::Sub(hn::LoadU(d, x + r * c + v * N), vmu[v]), va[v], vb[v]),
+                       d, y + r * c + v * N);
+      });
+      return;
+    }
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t r = 0; r < rows; ++r) {
       const float* HWY_RESTRICT xr = x + r * c;
       float* HWY_RESTRICT yr = y + r * c;
-      int64_t k = 0;
+      int64_t k = stream ? std::min(c, Misalignment(d, yr)) : 0;
+      for (int64_t h = 0; h < k; ++h) yr[h] = (xr[h] - mu[h]) * scale[h] + shift[h];
       for (; k + N <= c; k += N) {
         const VF v = hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, mu + k));
         Put(d, hn::MulAdd(v, hn::LoadU(d, scale + k), hn::LoadU(d, shift + k)), yr + k, stream);
@@ -478,23 +607,24 @@ void ReduceAll(const Shape& shape, const float* dy, const float* x, const float*
     return;
   }
   const int64_t rows = shape.m(), per = rows_per_unit(c), units = (rows + per - 1) / per;
-  std::vector<double> part_dy(static_cast<size_t>(units * c)),
-      part_dyxm(static_cast<size_t>(units * c));
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<float> scratch(static_cast<size_t>(2 * c));
-#pragma omp for schedule(dynamic)
-    for (int64_t u = 0; u < units; ++u)
-      RowsUnitDot(dy, x, mu, c, u * per, std::min(rows, (u + 1) * per), part_dy.data() + u * c,
-                  part_dyxm.data() + u * c, scratch.data());
-  }
-  std::fill(sum_dy, sum_dy + c, 0.0);
-  std::fill(sum_dy_xmu, sum_dy_xmu + c, 0.0);
+  double* part_dy = scratch<double, 0>(units * c);
+  double* part_dyxm = scratch<double, 1>(units * c);
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
   for (int64_t u = 0; u < units; ++u)
-    for (int64_t k = 0; k < c; ++k) {
-      sum_dy[k] += part_dy[size_t(u * c + k)];
-      sum_dy_xmu[k] += part_dyxm[size_t(u * c + k)];
-    }
+    RowsUnitDot(dy, x, mu, c, u * per, std::min(rows, (u + 1) * per), part_dy + u * c,
+                part_dyxm + u * c);
+  const int64_t kb = 256, blocks = (c + kb - 1) / kb;
+#pragma omp parallel for schedule(static) num_threads(units* c >= 16384 ? nt : 1)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t k0 = blk * kb, k1 = std::min(c, k0 + kb);
+    std::fill(sum_dy + k0, sum_dy + k1, 0.0);
+    std::fill(sum_dy_xmu + k0, sum_dy_xmu + k1, 0.0);
+    for (int64_t u = 0; u < units; ++u)
+      for (int64_t k = k0; k < k1; ++k) {
+        sum_dy[k] += part_dy[u * c + k];
+        sum_dy_xmu[k] += part_dyxm[u * c + k];
+      }
+  }
 }
 
 void DxAll(const Shape& shape, const float* dy, const float* x, const float* mu, const float* a,
@@ -518,7 +648,8 @@ void DxAll(const Shape& shape, const float* dy, const float* x, const float* mu,
       const float* HWY_RESTRICT xr = x + r * c;
       const float* HWY_RESTRICT gr = dy + r * c;
       float* HWY_RESTRICT out = dx + r * c;
-      int64_t k = 0;
+      int64_t k = stream ? std::min(c, Misalignment(d, out)) : 0;
+      for (int64_t h = 0; h < k; ++h) out[h] = a[h] * gr[h] + (b[h] * (xr[h] - mu[h]) + cc[h]);
       for (; k + N <= c; k += N) {
         const VF xm = hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, mu + k));
         const VF rest = hn::MulAdd(hn::LoadU(d, b + k), xm, hn::LoadU(d, cc + k));

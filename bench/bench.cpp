@@ -1,0 +1,550 @@
+// bnorm against oneDNN and PyTorch, on the same data, in one process.
+//
+// For every (shape, layout, op, threads, cache state) row the implementations
+// take turns (rotating who goes first) together with a STREAM-like copy, so
+// that the machine's drift between turns hits all of them alike; the table
+// gives medians, ratios and bnorm's bandwidth under the byte model as a
+// fraction of the copy bandwidth measured in the same turns.
+//
+// Byte model (float32 tensor of B bytes): fwd-train 3B (read x twice, write
+// y), fwd-infer 2B, bwd 5B (read x and dy twice, write dx). STREAM copy counts
+// 2 bytes moved per byte copied, as STREAM does.
+#include <omp.h>
+
+#include <algorithm>
+#include <bnorm/bnorm.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#ifdef BNORM_BENCH_DNNL
+#include <dnnl.hpp>
+#endif
+#ifdef BNORM_BENCH_TORCH
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/InferenceMode.h>
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// 64-byte aligned float buffer, first-touched at allocation.
+struct Buffer {
+  float* data = nullptr;
+  size_t size = 0;
+  explicit Buffer(size_t n = 0) : size(n) {
+    if (n == 0) return;
+    data = static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64));
+    if (!data) throw std::bad_alloc();
+    std::memset(data, 0, n * sizeof(float));
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : data(o.data), size(o.size) { o.data = nullptr; }
+  ~Buffer() { std::free(data); }
+};
+
+void fill_normal(Buffer& b, uint64_t seed, float mean, float stddev) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(mean, stddev);
+  for (size_t i = 0; i < b.size; ++i) b.data[i] = dist(rng);
+}
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+enum class Op { fwd_train, fwd_infer, bwd };
+const char* op_name(Op op) {
+  return op == Op::fwd_train ? "fwd-train" : op == Op::fwd_infer ? "fwd-infer" : "bwd";
+}
+double byte_factor(Op op) { return op == Op::fwd_train ? 3 : op == Op::fwd_infer ? 2 : 5; }
+
+struct Dims {
+  int64_t n, c, h, w;
+};
+
+// Everything one (shape, layout) row needs, shared by all implementations.
+struct Data {
+  Dims dims;
+  bnorm::Shape shape;
+  Buffer x, dy, weight, bias, rm, rv, y, dx, mean, invstd, var, dw, db;
+  Data(Dims d, bnorm::Layout layout)
+      : dims(d),
+        shape{d.n, d.c, d.h * d.w, layout},
+        x(size_t(shape.numel())),
+        dy(size_t(shape.numel())),
+        weight(size_t(d.c)),
+        bias(size_t(d.c)),
+        rm(size_t(d.c)),
+        rv(size_t(d.c)),
+        y(size_t(shape.numel())),
+        dx(size_t(shape.numel())),
+        mean(size_t(d.c)),
+        invstd(size_t(d.c)),
+        var(size_t(d.c)),
+        dw(size_t(d.c)),
+        db(size_t(d.c)) {
+    fill_normal(x, 1, 0.5f, 2.0f);
+    fill_normal(dy, 2, 0.0f, 1.0f);
+    fill_normal(weight, 3, 1.0f, 0.2f);
+    fill_normal(bias, 4, 0.0f, 0.2f);
+    // Batch statistics for backward and running statistics for inference.
+    bnorm::forward_training<float>(shape, x.data, weight.data, bias.data, y.data, mean.data,
+                                   invstd.data, nullptr, nullptr);
+    for (int64_t k = 0; k < d.c; ++k) {
+      var.data[k] = 1.f / (invstd.data[k] * invstd.data[k]) - 1e-5f;
+      rm.data[k] = mean.data[k];
+      rv.data[k] = var.data[k];
+    }
+  }
+  double bytes() const { return double(shape.numel()) * sizeof(float); }
+};
+
+constexpr double kEps = 1e-5;
+
+struct Impl {
+  std::string name;
+  // Returns the callable for an op, or nullopt where the library cannot run it.
+  std::function<std::optional<std::function<void()>>(Data&, Op)> make;
+  std::function<void(int)> set_threads;
+};
+
+Impl bnorm_impl() {
+  Impl impl;
+  impl.name = "bnorm";
+  impl.set_threads = [](int t) { bnorm::set_num_threads(t); };
+  impl.make = [](Data& d, Op op) -> std::optional<std::function<void()>> {
+    switch (op) {
+      case Op::fwd_train:
+        return [&d] {
+          bnorm::forward_training<float>(d.shape, d.x.data, d.weight.data, d.bias.data, d.y.data,
+                                         d.mean.data, d.invstd.data, d.rm.data, d.rv.data);
+        };
+      case Op::fwd_infer:
+        return [&d] {
+          bnorm::forward_inference<float>(d.shape, d.x.data, d.weight.data, d.bias.data, d.rm.data,
+                                          d.rv.data, d.y.data, kEps);
+        };
+      case Op::bwd:
+        return [&d] {
+          bnorm::backward<float>(d.shape, d.dy.data, d.x.data, d.weight.data, d.mean.data,
+                                 d.invstd.data, d.dx.data, d.dw.data, d.db.data);
+        };
+    }
+    return std::nullopt;
+  };
+  return impl;
+}
+
+#ifdef BNORM_BENCH_DNNL
+// oneDNN: primitives built once per (data, op); user memory wraps the shared
+// buffers (no copies), outputs are preallocated.
+struct DnnlState {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+};
+
+Impl dnnl_impl() {
+  auto state = std::make_shared<DnnlState>();
+  Impl impl;
+  impl.name = "oneDNN";
+  impl.set_threads = [](int t) { omp_set_num_threads(t); };
+  impl.make = [state](Data& d, Op op) -> std::optional<std::function<void()>> {
+    using namespace dnnl;
+    using tag = memory::format_tag;
+    const memory::desc md({d.dims.n, d.dims.c, d.dims.h, d.dims.w}, memory::data_type::f32,
+                          d.shape.layout == bnorm::Layout::NCHW ? tag::nchw : tag::nhwc);
+    const memory::desc cd({d.dims.c}, memory::data_type::f32, tag::a);
+    auto& eng = state->engine;
+    auto mem = [&](const memory::desc& desc, Buffer& b) { return memory(desc, eng, b.data); };
+    const auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
+    try {
+      if (op == Op::fwd_train || op == Op::fwd_infer) {
+        const bool train = op == Op::fwd_train;
+        const auto f = train ? flags : flags | normalization_flags::use_global_stats;
+        batch_normalization_forward::primitive_desc pd(
+            {train ? prop_kind::forward_training : prop_kind::forward_inference, md, float(kEps),
+             f},
+            eng);
+        auto prim = batch_normalization_forward(pd);
+        std::unordered_map<int, memory> args = {
+            {DNNL_ARG_SRC, mem(md, d.x)},        {DNNL_ARG_DST, mem(md, d.y)},
+            {DNNL_ARG_SCALE, mem(cd, d.weight)}, {DNNL_ARG_SHIFT, mem(cd, d.bias)},
+            {DNNL_ARG_MEAN, mem(cd, d.rm)},      {DNNL_ARG_VARIANCE, mem(cd, d.rv)}};
+        if (train) {
+          // Its own batch statistics go to scratch outputs, not the inputs.
+          auto m = std::make_shared<Buffer>(size_t(d.dims.c));
+          auto v = std::make_shared<Buffer>(size_t(d.dims.c));
+          args[DNNL_ARG_MEAN] = mem(cd, *m);
+          args[DNNL_ARG_VARIANCE] = mem(cd, *v);
+          return [state, prim, args, m, v] {
+            prim.execute(state->stream, args);
+            state->stream.wait();
+          };
+        }
+        return [state, prim, args] {
+          prim.execute(state->stream, args);
+          state->stream.wait();
+        };
+      }
+      batch_normalization_forward::primitive_desc fpd(
+          {prop_kind::forward_training, md, float(kEps), flags}, eng);
+      batch_normalization_backward::primitive_desc pd(
+          {prop_kind::backward, md, md, float(kEps), flags}, eng, fpd);
+      auto prim = batch_normalization_backward(pd);
+      auto dscale = std::make_shared<Buffer>(size_t(d.dims.c));
+      auto dshift = std::make_shared<Buffer>(size_t(d.dims.c));
+      std::unordered_map<int, memory> args = {
+          {DNNL_ARG_SRC, mem(md, d.x)},           {DNNL_ARG_DIFF_DST, mem(md, d.dy)},
+          {DNNL_ARG_MEAN, mem(cd, d.mean)},       {DNNL_ARG_VARIANCE, mem(cd, d.var)},
+          {DNNL_ARG_SCALE, mem(cd, d.weight)},    {DNNL_ARG_SHIFT, mem(cd, d.bias)},
+          {DNNL_ARG_DIFF_SRC, mem(md, d.dx)},     {DNNL_ARG_DIFF_SCALE, mem(cd, *dscale)},
+          {DNNL_ARG_DIFF_SHIFT, mem(cd, *dshift)}};
+      return [state, prim, args, dscale, dshift] {
+        prim.execute(state->stream, args);
+        state->stream.wait();
+      };
+    } catch (const dnnl::error& e) {
+      std::fprintf(stderr, "oneDNN: %s: %s\n", op_name(op), e.what());
+      return std::nullopt;
+    }
+  };
+  return impl;
+}
+#endif
+
+#ifdef BNORM_BENCH_TORCH
+// PyTorch allocates its outputs on every call; fresh pages would cost more
+// than the kernel on large shapes, so a caching allocator hands back
+// already-touched blocks of the same size (the effect of preallocated
+// outputs) and the timing is the kernel's.
+class CachingAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t bytes) const override {
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        p = it->second;
+        free_.erase(it);
+      }
+    }
+    if (!p) {
+      p = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+      if (!p) throw std::bad_alloc();
+      std::lock_guard<std::mutex> lock(mutex_);
+      sizes_[p] = bytes;
+    }
+    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
+  static CachingAllocator& get() {
+    static CachingAllocator instance;
+    return instance;
+  }
+
+ private:
+  static void release(void* p) {
+    auto& self = get();
+    std::lock_guard<std::mutex> lock(self.mutex_);
+    self.free_.emplace(self.sizes_.at(p), p);
+  }
+  mutable std::mutex mutex_;
+  mutable std::unordered_multimap<size_t, void*> free_;
+  mutable std::unordered_map<void*, size_t> sizes_;
+};
+
+Impl torch_impl() {
+  c10::SetCPUAllocator(&CachingAllocator::get(), 100);
+  Impl impl;
+  impl.name = "PyTorch";
+  impl.set_threads = [](int t) { at::set_num_threads(t); };
+  impl.make = [](Data& d, Op op) -> std::optional<std::function<void()>> {
+    const auto opts = at::TensorOptions().dtype(at::kFloat);
+    const auto [n, c, h, w] = d.dims;
+    std::vector<int64_t> sizes{n, c, h, w};
+    std::vector<int64_t> strides = d.shape.layout == bnorm::Layout::NCHW
+                                       ? std::vector<int64_t>{c * h * w, h * w, w, 1}
+                                       : std::vector<int64_t>{h * w * c, 1, w * c, c};
+    auto t4 = [&](Buffer& b) { return at::from_blob(b.data, sizes, strides, opts); };
+    auto t1 = [&](Buffer& b) { return at::from_blob(b.data, {c}, opts); };
+    auto x = t4(d.x), dy = t4(d.dy), wt = t1(d.weight), bt = t1(d.bias), rm = t1(d.rm),
+         rv = t1(d.rv), sm = t1(d.mean), si = t1(d.invstd);
+    // Running statistics updated by the training forward go to copies.
+    auto rm2 = rm.clone(), rv2 = rv.clone();
+    switch (op) {
+      case Op::fwd_train:
+        return [=] {
+          c10::InferenceMode guard;
+          auto out = at::native_batch_norm(x, wt, bt, rm2, rv2, true, 0.1, kEps);
+        };
+      case Op::fwd_infer:
+        return [=] {
+          c10::InferenceMode guard;
+          auto out = at::native_batch_norm(x, wt, bt, rm, rv, false, 0.1, kEps);
+        };
+      case Op::bwd:
+        return [=] {
+          c10::InferenceMode guard;
+          auto out = at::native_batch_norm_backward(dy, x, wt, rm, rv, sm, si, true, kEps,
+                                                    {true, true, true});
+        };
+    }
+    return std::nullopt;
+  };
+  return impl;
+}
+#endif
+
+// STREAM-like copy b = a over arrays far larger than L3.
+struct Stream {
+  Buffer a, b;
+  explicit Stream(size_t floats) : a(floats), b(floats) { fill_normal(a, 9, 0, 1); }
+  double run(int threads) {  // seconds
+    const int64_t count = int64_t(a.size);
+    const float* src = a.data;
+    float* dst = b.data;
+    const auto t0 = Clock::now();
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < count; ++i) dst[i] = src[i];
+    return seconds_since(t0);
+  }
+  double bytes() const { return 2.0 * double(a.size) * sizeof(float); }
+};
+
+// Evicts the caches: touches a buffer larger than L3.
+struct Sweep {
+  Buffer buf;
+  explicit Sweep(size_t floats) : buf(floats) {}
+  void run() {
+    float* p = buf.data;
+    const int64_t count = int64_t(buf.size);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; ++i) p[i] += 1.f;
+  }
+};
+
+struct Row {
+  std::string shape, layout, op, cache;
+  int threads;
+  std::vector<double> ms;  // per implementation, NaN if not run
+  double stream_gbs, bytes;
+};
+
+struct Config {
+  bool quick = false;
+  std::string markdown;
+  std::vector<int> threads{1, 2};
+  int reps = 0;
+  std::vector<Dims> shapes;  // empty: the standard list
+};
+
+std::string fmt(const char* f, double v) {
+  if (std::isnan(v)) return "n/a";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      cfg.quick = true;
+    } else if (a == "--markdown" && i + 1 < argc) {
+      cfg.markdown = argv[++i];
+    } else if (a == "--threads" && i + 1 < argc) {
+      cfg.threads.clear();
+      std::stringstream ss(argv[++i]);
+      for (std::string t; std::getline(ss, t, ',');) cfg.threads.push_back(std::stoi(t));
+    } else if (a == "--shape" && i + 1 < argc) {
+      Dims d{};
+      if (std::sscanf(argv[++i], "%ld,%ld,%ld,%ld", &d.n, &d.c, &d.h, &d.w) != 4 || d.n < 1 ||
+          d.c < 1 || d.h < 1 || d.w < 1 || d.n * d.c * d.h * d.w < 2) {
+        std::fprintf(stderr, "--shape: expected n,c,h,w (positive), got %s\n", argv[i]);
+        return 2;
+      }
+      cfg.shapes.push_back(d);
+    } else if (a == "--reps" && i + 1 < argc) {
+      cfg.reps = std::stoi(argv[++i]);
+    } else {
+      std::fprintf(
+          stderr,
+          "usage: %s [--quick] [--markdown FILE] [--threads 1,2] [--reps N] [--shape n,c,h,w]...\n"
+          "unknown argument: %s\n",
+          argv[0], a.c_str());
+      return 2;
+    }
+  }
+  for (int t : cfg.threads)
+    if (t < 1) {
+      std::fprintf(stderr, "--threads: counts must be >= 1, got %d\n", t);
+      return 2;
+    }
+  const int reps = cfg.reps > 0 ? cfg.reps : cfg.quick ? 3 : 15;
+
+  std::vector<Impl> impls{bnorm_impl()};
+#ifdef BNORM_BENCH_DNNL
+  impls.push_back(dnnl_impl());
+#endif
+#ifdef BNORM_BENCH_TORCH
+  impls.push_back(torch_impl());
+#endif
+
+  const std::vector<Dims> shapes =
+      !cfg.shapes.empty() ? cfg.shapes
+      : cfg.quick         ? std::vector<Dims>{{8, 64, 28, 28}, {256, 512, 1, 1}}
+                          : std::vector<Dims>{{32, 64, 56, 56},  {32, 256, 14, 14}, {64, 512, 7, 7},
+                                              {8, 32, 128, 128}, {256, 2048, 1, 1}, {16, 128, 112, 112}};
+  const size_t big = cfg.quick ? (size_t(8) << 20) : (size_t(24) << 20);  // floats
+  Stream stream(big);
+  Sweep sweep(big);
+
+  std::vector<Row> rows;
+  for (const Dims& dims : shapes)
+    for (auto layout : {bnorm::Layout::NCHW, bnorm::Layout::NHWC}) {
+      Data data(dims, layout);
+      const std::string shape_name = "(" + std::to_string(dims.n) + "," + std::to_string(dims.c) +
+                                     "," + std::to_string(dims.h) + "," + std::to_string(dims.w) +
+                                     ")";
+      for (Op op : {Op::fwd_train, Op::fwd_infer, Op::bwd}) {
+        std::vector<std::optional<std::function<void()>>> fns;
+        for (auto& impl : impls) fns.push_back(impl.make(data, op));
+        for (int threads : cfg.threads)
+          for (bool cold : {false, true}) {
+            omp_set_num_threads(threads);
+            for (auto& impl : impls) impl.set_threads(threads);
+            std::vector<std::vector<double>> times(impls.size());
+            std::vector<double> copies;
+            for (auto& f : fns)
+              if (f) (*f)();  // warm-up (first-touch, primitive caches)
+            for (int r = 0; r < reps; ++r) {
+              copies.push_back(stream.run(threads));
+              for (size_t j = 0; j < impls.size(); ++j) {
+                const size_t i = (j + size_t(r)) % impls.size();  // rotate who goes first
+                if (!fns[i]) continue;
+                if (cold) {
+                  sweep.run();
+                } else {
+                  (*fns[i])();  // back-to-back: the previous call warmed the caches
+                }
+                const auto t0 = Clock::now();
+                (*fns[i])();
+                times[i].push_back(seconds_since(t0) * 1e3);
+              }
+            }
+            Row row{shape_name,
+                    layout == bnorm::Layout::NCHW ? "NCHW" : "NHWC",
+                    op_name(op),
+                    cold ? "cold" : "warm",
+                    threads,
+                    {},
+                    stream.bytes() / median(copies) / 1e9,
+                    data.bytes() * byte_factor(op)};
+            for (auto& t : times) row.ms.push_back(median(t));
+            rows.push_back(row);
+            std::fprintf(stderr, "%s %s %s %dT %s: bnorm %.3f ms\n", row.shape.c_str(),
+                         row.layout.c_str(), row.op.c_str(), threads, row.cache.c_str(), row.ms[0]);
+          }
+      }
+    }
+
+  // The table.
+  std::ostringstream out;
+  out << "Byte model: fwd-train 3x, fwd-infer 2x, bwd 5x the tensor's bytes. "
+         "GB/s = model bytes / bnorm's median time; % STREAM = that over the STREAM copy "
+         "bandwidth measured in the same turns (2 x bytes copied).\n"
+         "Speed-up = other's median ms / bnorm's; best = the faster of the others.\n\n";
+  out << "| shape | layout | op | thr | cache |";
+  for (auto& impl : impls) out << " " << impl.name << " ms |";
+  for (size_t i = 1; i < impls.size(); ++i) out << " vs " << impls[i].name << " |";
+  if (impls.size() > 1) out << " vs best |";
+  out << " bnorm GB/s | STREAM GB/s | % STREAM |\n|";
+  const size_t cols = 9 + impls.size() + (impls.size() - 1) + (impls.size() > 1 ? 1 : 0);
+  for (size_t i = 0; i < cols; ++i) out << "---|";
+  out << "\n";
+  std::map<std::string, std::vector<double>> logs;  // geometric means by cache state
+  int behind = 0;
+  double worst = INFINITY;
+  std::string worst_row;
+  for (const Row& r : rows) {
+    out << "| " << r.shape << " | " << r.layout << " | " << r.op << " | " << r.threads << " | "
+        << r.cache << " |";
+    for (double ms : r.ms) out << " " << fmt("%.3f", ms) << " |";
+    double best = NAN;
+    for (size_t i = 1; i < r.ms.size(); ++i) {
+      out << " " << fmt("%.2fx", r.ms[i] / r.ms[0]) << " |";
+      if (!std::isnan(r.ms[i])) best = std::isnan(best) ? r.ms[i] : std::min(best, r.ms[i]);
+    }
+    if (impls.size() > 1) {
+      const double speedup = best / r.ms[0];
+      out << " " << fmt("%.2fx", speedup) << " |";
+      if (!std::isnan(speedup)) {
+        logs[r.cache].push_back(std::log(speedup));
+        logs["all"].push_back(std::log(speedup));
+        if (speedup < 1) ++behind;
+        if (speedup < worst) {
+          worst = speedup;
+          worst_row = r.shape + " " + r.layout + " " + r.op + " " + std::to_string(r.threads) +
+                      "T " + r.cache;
+        }
+      }
+    }
+    const double gbs = r.bytes / (r.ms[0] * 1e-3) / 1e9;
+    out << " " << fmt("%.1f", gbs) << " | " << fmt("%.1f", r.stream_gbs) << " | "
+        << fmt("%.0f%%", 100 * gbs / r.stream_gbs) << " |\n";
+  }
+  out << "\n";
+  for (auto& [key, v] : logs) {
+    double s = 0;
+    for (double l : v) s += l;
+    out << "Geometric-mean speed-up over the faster anchor (" << key << " rows, " << v.size()
+        << "): " << fmt("%.2fx", std::exp(s / double(v.size()))) << "\n";
+  }
+  if (!logs.empty())
+    out << "Rows where bnorm is behind the faster anchor: " << behind
+        << "; slowest row: " << worst_row << " at " << fmt("%.2fx", worst) << "\n";
+  out << "Anchors built in:";
+  for (size_t i = 1; i < impls.size(); ++i) out << " " << impls[i].name;
+  if (impls.size() == 1) out << " none (bnorm alone)";
+  out << "\n";
+  const std::string table = out.str();
+  std::fputs(table.c_str(), stdout);
+  if (!cfg.markdown.empty()) {
+    std::ofstream f(cfg.markdown);
+    f << table;
+    if (!f) {
+      std::fprintf(stderr, "--markdown: cannot write %s\n", cfg.markdown.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
