@@ -82,8 +82,13 @@ inline int threads_for(const Shape& shape) {
   return shape.numel() * int64_t(sizeof(float)) >= kMinParallelBytes ? thread_count() : 1;
 }
 
-inline bool stream_output(const Shape& shape) {
-  return shape.numel() * int64_t(sizeof(float)) >= kStreamBytes;
+// Only when the output rows (NHWC) or planes (NCHW) all start on a 64-byte
+// boundary: peeling scalar heads off every row would cost more than the
+// read-for-ownership saves.
+inline bool stream_output(const Shape& shape, const float* out) {
+  const int64_t run = rows_layout(shape) ? shape.c : shape.s;
+  return shape.numel() * int64_t(sizeof(float)) >= kStreamBytes &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0 && run % 16 == 0;
 }
 
 // Per-thread buffers that outlive the call: fresh pages for partial results
@@ -299,6 +304,7 @@ template <int NV>
 HWY_INLINE void FlushBlock(DF d, VF (&acc)[4], double* HWY_RESTRICT total) {
   const int64_t N = int64_t(hn::Lanes(d));
 #if HWY_TARGET == HWY_SCALAR
+#pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     total[v] += double(hn::GetLane(acc[v]));
     acc[v] = hn::Zero(d);
@@ -309,6 +315,7 @@ HWY_INLINE void FlushBlock(DF d, VF (&acc)[4], double* HWY_RESTRICT total) {
   const hn::Half<DF> dh;
   const hn::Rebind<double, decltype(dh)> dd;
   const int64_t H = int64_t(hn::Lanes(dd));
+#pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     double* HWY_RESTRICT t = total + v * N;
     hn::StoreU(hn::Add(hn::LoadU(dd, t), hn::PromoteTo(dd, hn::LowerHalf(dh, acc[v]))), dd, t);
@@ -326,11 +333,13 @@ void SumBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, in
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
   VF acc[4];
+#pragma GCC unroll 4
   for (int v = 0; v < 4; ++v) acc[v] = hn::Zero(d);
   for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
     const int64_t re = std::min(r1, rb + kFlushRows);
     for (int64_t r = rb; r < re; ++r) {
       const float* HWY_RESTRICT row = x + r * c + k0;
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], hn::LoadU(d, row + v * N));
     }
     FlushBlock<NV>(d, acc, total + k0);
@@ -345,6 +354,7 @@ void CenteredBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
   VF vmu[4], s[4], q[4];
+#pragma GCC unroll 4
   for (int v = 0; v < 4; ++v) {
     vmu[v] = v < NV ? hn::LoadU(d, mu + k0 + v * N) : hn::Zero(d);
     s[v] = hn::Zero(d);
@@ -354,6 +364,7 @@ void CenteredBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r
     const int64_t re = std::min(r1, rb + kFlushRows);
     for (int64_t r = rb; r < re; ++r) {
       const float* HWY_RESTRICT row = x + r * c + k0;
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         const VF e = hn::Sub(hn::LoadU(d, row + v * N), vmu[v]);
         s[v] = hn::Add(s[v], e);
@@ -373,6 +384,7 @@ void DotBlock(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x, int64_t
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
   VF vmu[4], s[4], q[4];
+#pragma GCC unroll 4
   for (int v = 0; v < 4; ++v) {
     vmu[v] = v < NV ? hn::LoadU(d, mu + k0 + v * N) : hn::Zero(d);
     s[v] = hn::Zero(d);
@@ -383,6 +395,7 @@ void DotBlock(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x, int64_t
     for (int64_t r = rb; r < re; ++r) {
       const float* HWY_RESTRICT xr = x + r * c + k0;
       const float* HWY_RESTRICT gr = dy + r * c + k0;
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         const VF g = hn::LoadU(d, gr + v * N);
         s[v] = hn::Add(s[v], g);
@@ -417,8 +430,6 @@ HWY_INLINE int64_t ForBlocks(int64_t c, F&& f) {
   return k0 + (c - k0) / N * N;
 }
 
-// Per-channel mean and M2 of rows [r0, r1): a sum pass and a centered pass
-// (the unit is still in cache for the second).
 // Wide rows: the block walks visit many rows at once, which the hardware
 // prefetchers follow poorly; a sequential sweep of prefetches first brings
 // the unit in at streaming speed.
@@ -429,18 +440,27 @@ HWY_INLINE void PrefetchRows(const float* x, int64_t c, int64_t r0, int64_t r1) 
   for (; p < end; p += 64) hwy::Prefetch(p);
 }
 
+// Per-channel mean and M2 of rows [r0, r1) in one pass over the unit,
+// centered on a pilot mean mu: the mean of the unit's first rows,
+// whose short sum pass leaves them in cache. Those p rows average to mu, so
+// (mu - mean)^2 <= var * rows / p: the cancellation in
+// M2 = sum (x - mu)^2 - (sum (x - mu))^2 / rows is bounded whatever the data,
+// unlike a raw sum of squares.
 void RowsUnitMoments(const float* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
                      float* mu, double* dev) {
   PrefetchRows(x, c, r0, r1);
   std::fill(mean, mean + c, 0.0);
   std::fill(m2, m2 + c, 0.0);
   std::fill(dev, dev + c, 0.0);
+  // A sixteenth of the unit (at most kFlushRows rows) keeps that bound at
+  // 16 and the pilot's cost small.
+  const int64_t pilot_end = r0 + std::clamp<int64_t>((r1 - r0) / 16, 1, kFlushRows);
   const int64_t tail =
-      ForBlocks(c, [&]<int NV>(int64_t k0) { SumBlock<NV>(x, c, k0, r0, r1, mean); });
-  for (int64_t r = r0; r < r1; ++r)
+      ForBlocks(c, [&]<int NV>(int64_t k0) { SumBlock<NV>(x, c, k0, r0, pilot_end, mean); });
+  for (int64_t r = r0; r < pilot_end; ++r)
     for (int64_t k = tail; k < c; ++k) mean[k] += double(x[r * c + k]);
-  const double count = double(r1 - r0);
-  for (int64_t k = 0; k < c; ++k) mu[k] = float(mean[k] / count);
+  const double inv_pilot = 1.0 / double(pilot_end - r0);
+  for (int64_t k = 0; k < c; ++k) mu[k] = float(mean[k] * inv_pilot);
   ForBlocks(c, [&]<int NV>(int64_t k0) { CenteredBlock<NV>(x, c, k0, r0, r1, mu, dev, m2); });
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t k = tail; k < c; ++k) {
@@ -448,10 +468,11 @@ void RowsUnitMoments(const float* x, int64_t c, int64_t r0, int64_t r1, double* 
       dev[k] += e;
       m2[k] += e * e;
     }
+  const double inv_count = 1.0 / double(r1 - r0);
   for (int64_t k = 0; k < c; ++k) {
-    // Corrected two-pass: the deviations' own mean repairs mu's rounding.
-    mean[k] = double(mu[k]) + dev[k] / count;
-    m2[k] -= dev[k] * dev[k] / count;
+    const double d = dev[k] * inv_count;
+    mean[k] = double(mu[k]) + d;
+    m2[k] -= dev[k] * d;
   }
 }
 
@@ -534,7 +555,7 @@ void StatsAll(const Shape& shape, const float* x, double* mean, double* var) {
 void NormalizeAll(const Shape& shape, const float* x, const float* mu, const float* scale,
                   const float* shift, float* y) {
   const int nt = threads_for(shape);
-  const bool stream = stream_output(shape);
+  const bool stream = stream_output(shape, y);
   const int64_t c = shape.c;
   if (!rows_layout(shape)) {
     const int64_t planes = shape.n * c, s = shape.s;
@@ -547,10 +568,11 @@ void NormalizeAll(const Shape& shape, const float* x, const float* mu, const flo
     const DF d;
     const int64_t N = int64_t(hn::Lanes(d));
     const int64_t rows = shape.m();
-    if (c % N == 0 && c <= 4 * N && !stream) {
+    if (c % N == 0 && c <= 4 * N) {
       // Narrow rows: the parameters stay in registers.
       ForBlocks(c, [&]<int NV>(int64_t) {
         VF vmu[4], va[4], vb[4];
+#pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
           const int64_t k = v < NV ? v * N : 0;
           vmu[v] = hn::LoadU(d, mu + k);
@@ -559,23 +581,41 @@ void NormalizeAll(const Shape& shape, const float* x, const float* mu, const flo
         }
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int64_t r = 0; r < rows; ++r)
-          for (int v = 0; v < NV; ++v)
-            hn::StoreU(hn::MulAdd(hn::Sub(hn::LoadU(d, x + r * c + v * N), vmu[v]), va[v], vb[v]),
-                       d, y + r * c + v * N);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) {
+            const VF out =
+                hn::MulAdd(hn::Sub(hn::LoadU(d, x + r * c + v * N), vmu[v]), va[v], vb[v]);
+            if (stream) {
+              hn::Stream(out, d, y + r * c + v * N);
+            } else {
+              hn::StoreU(out, d, y + r * c + v * N);
+            }
+          }
       });
+      if (stream) hwy::FlushStream();
       return;
     }
-#pragma omp parallel for schedule(static) num_threads(nt)
+    const float* HWY_RESTRICT pm = mu;
+    const float* HWY_RESTRICT ps = scale;
+    const float* HWY_RESTRICT pb = shift;
+#pragma omp parallel for schedule(static) num_threads(nt) firstprivate(pm, ps, pb)
     for (int64_t r = 0; r < rows; ++r) {
       const float* HWY_RESTRICT xr = x + r * c;
       float* HWY_RESTRICT yr = y + r * c;
-      int64_t k = stream ? std::min(c, Misalignment(d, yr)) : 0;
-      for (int64_t h = 0; h < k; ++h) yr[h] = (xr[h] - mu[h]) * scale[h] + shift[h];
-      for (; k + N <= c; k += N) {
-        const VF v = hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, mu + k));
-        Put(d, hn::MulAdd(v, hn::LoadU(d, scale + k), hn::LoadU(d, shift + k)), yr + k, stream);
+      // stream implies aligned rows of whole vectors (stream_output).
+      int64_t k = 0;
+      if (stream) {
+        for (; k + N <= c; k += N)
+          hn::Stream(hn::MulAdd(hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, pm + k)),
+                                hn::LoadU(d, ps + k), hn::LoadU(d, pb + k)),
+                     d, yr + k);
+      } else {
+        for (; k + N <= c; k += N)
+          hn::StoreU(hn::MulAdd(hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, pm + k)),
+                                hn::LoadU(d, ps + k), hn::LoadU(d, pb + k)),
+                     d, yr + k);
       }
-      for (; k < c; ++k) yr[k] = (xr[k] - mu[k]) * scale[k] + shift[k];
+      for (; k < c; ++k) yr[k] = (xr[k] - pm[k]) * ps[k] + pb[k];
     }
   }
   if (stream) hwy::FlushStream();
@@ -630,7 +670,7 @@ void ReduceAll(const Shape& shape, const float* dy, const float* x, const float*
 void DxAll(const Shape& shape, const float* dy, const float* x, const float* mu, const float* a,
            const float* b, const float* cc, float* dx) {
   const int nt = threads_for(shape);
-  const bool stream = stream_output(shape);
+  const bool stream = stream_output(shape, dx);
   const int64_t c = shape.c;
   if (!rows_layout(shape)) {
     const int64_t planes = shape.n * c, s = shape.s;
@@ -670,7 +710,7 @@ void ForwardTraining(const Shape& shape, const float* x, float* y, const Forward
     // Each channel in one unit: statistics, saved and running statistics and
     // y while the channel is still in cache.
     const int nt = threads_for(shape);
-    const bool stream = stream_output(shape);
+    const bool stream = stream_output(shape, y);
     const int64_t n = shape.n, s = shape.s;
 #pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int64_t k = 0; k < c; ++k) {
@@ -702,7 +742,7 @@ void Backward(const Shape& shape, const float* dy, const float* x, float* dx,
   const float* mu = out.mean;  // save_mean is float: x - mu needs no correction
   if (dx && !rows_layout(shape) && nchw_plan(shape, 2).whole_channel()) {
     const int nt = threads_for(shape);
-    const bool stream = stream_output(shape);
+    const bool stream = stream_output(shape, dx);
     const int64_t n = shape.n, s = shape.s;
 #pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int64_t k = 0; k < c; ++k) {
