@@ -683,19 +683,30 @@ void DxAll(const Shape& shape, const float* dy, const float* x, const float* mu,
     const DF d;
     const int64_t N = int64_t(hn::Lanes(d));
     const int64_t rows = shape.m();
-#pragma omp parallel for schedule(static) num_threads(nt)
+    const float* HWY_RESTRICT pm = mu;
+    const float* HWY_RESTRICT pa = a;
+    const float* HWY_RESTRICT pb = b;
+    const float* HWY_RESTRICT pc = cc;
+#pragma omp parallel for schedule(static) num_threads(nt) firstprivate(pm, pa, pb, pc)
     for (int64_t r = 0; r < rows; ++r) {
       const float* HWY_RESTRICT xr = x + r * c;
       const float* HWY_RESTRICT gr = dy + r * c;
       float* HWY_RESTRICT out = dx + r * c;
-      int64_t k = stream ? std::min(c, Misalignment(d, out)) : 0;
-      for (int64_t h = 0; h < k; ++h) out[h] = a[h] * gr[h] + (b[h] * (xr[h] - mu[h]) + cc[h]);
-      for (; k + N <= c; k += N) {
-        const VF xm = hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, mu + k));
-        const VF rest = hn::MulAdd(hn::LoadU(d, b + k), xm, hn::LoadU(d, cc + k));
-        Put(d, hn::MulAdd(hn::LoadU(d, a + k), hn::LoadU(d, gr + k), rest), out + k, stream);
+      int64_t k = 0;
+      // stream implies aligned rows of whole vectors (stream_output).
+      const auto vectors = [&](auto store) {
+        for (; k + N <= c; k += N) {
+          const VF xm = hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, pm + k));
+          const VF rest = hn::MulAdd(hn::LoadU(d, pb + k), xm, hn::LoadU(d, pc + k));
+          store(hn::MulAdd(hn::LoadU(d, pa + k), hn::LoadU(d, gr + k), rest), out + k);
+        }
+      };
+      if (stream) {
+        vectors([&](VF v, float* p) { hn::Stream(v, d, p); });
+      } else {
+        vectors([&](VF v, float* p) { hn::StoreU(v, d, p); });
       }
-      for (; k < c; ++k) out[k] = a[k] * gr[k] + (b[k] * (xr[k] - mu[k]) + cc[k]);
+      for (; k < c; ++k) out[k] = pa[k] * gr[k] + (pb[k] * (xr[k] - pm[k]) + pc[k]);
     }
   }
   if (stream) hwy::FlushStream();
