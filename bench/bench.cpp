@@ -436,12 +436,14 @@ int main(int argc, char** argv) {
                                      "," + std::to_string(dims.h) + "," + std::to_string(dims.w) +
                                      ")";
       for (Op op : {Op::fwd_train, Op::fwd_infer, Op::bwd}) {
-        std::vector<std::optional<std::function<void()>>> fns;
-        for (auto& impl : impls) fns.push_back(impl.make(data, op));
-        for (int threads : cfg.threads)
+        for (int threads : cfg.threads) {
+          omp_set_num_threads(threads);
+          for (auto& impl : impls) impl.set_threads(threads);
+          // After the thread count is set: oneDNN fixes its thread count when
+          // it creates a primitive.
+          std::vector<std::optional<std::function<void()>>> fns;
+          for (auto& impl : impls) fns.push_back(impl.make(data, op));
           for (bool cold : {false, true}) {
-            omp_set_num_threads(threads);
-            for (auto& impl : impls) impl.set_threads(threads);
             std::vector<std::vector<double>> times(impls.size());
             std::vector<double> copies;
             for (auto& f : fns)
@@ -474,6 +476,7 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "%s %s %s %dT %s: bnorm %.3f ms\n", row.shape.c_str(),
                          row.layout.c_str(), row.op.c_str(), threads, row.cache.c_str(), row.ms[0]);
           }
+        }
       }
     }
 
