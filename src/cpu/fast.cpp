@@ -128,22 +128,6 @@ using VF = hn::Vec<DF>;
 // (at most 32 terms a lane with 16 lanes and 4 accumulators).
 constexpr int64_t kBlock = 2048;
 
-HWY_INLINE void Put(DF d, VF v, float* HWY_RESTRICT p, bool stream) {
-  if (stream && reinterpret_cast<uintptr_t>(p) % (hn::Lanes(d) * sizeof(float)) == 0) {
-    hn::Stream(v, d, p);
-  } else {
-    hn::StoreU(v, d, p);
-  }
-}
-
-// Elements before p reaches vector alignment: streamed stores need it, so
-// streaming loops peel these off in scalar code.
-HWY_INLINE int64_t Misalignment(DF d, const float* p) {
-  const uintptr_t bytes = hn::Lanes(d) * sizeof(float);
-  const uintptr_t off = reinterpret_cast<uintptr_t>(p) % bytes;
-  return off == 0 || off % sizeof(float) != 0 ? 0 : int64_t((bytes - off) / sizeof(float));
-}
-
 HWY_INLINE double Total(DF d, VF a0, VF a1, VF a2, VF a3) {
   return double(hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)))));
 }
@@ -152,17 +136,37 @@ struct Pair {
   double first = 0, second = 0;
 };
 
-// y = (x - mu) * scale + shift over [0, len).
+// AVX2 and AVX-512 load and store a partial vector without touching the
+// lanes past the end (maskload/maskstore, masked moves); the other targets
+// finish in scalar code.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+constexpr bool kMaskedTail = true;
+#else
+constexpr bool kMaskedTail = false;
+#endif
+
+// y = (x - mu) * scale + shift over [0, len). stream: y is vector-aligned
+// (stream_output checked it).
 void NormalizeSpan(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t len, float mu,
                    float scale, float shift, bool stream) {
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
   const VF vmu = hn::Set(d, mu), va = hn::Set(d, scale), vb = hn::Set(d, shift);
-  int64_t j = stream ? std::min(len, Misalignment(d, y)) : 0;
-  for (int64_t h = 0; h < j; ++h) y[h] = (x[h] - mu) * scale + shift;
-  for (; j + N <= len; j += N)
-    Put(d, hn::MulAdd(hn::Sub(hn::LoadU(d, x + j), vmu), va, vb), y + j, stream);
-  for (; j < len; ++j) y[j] = (x[j] - mu) * scale + shift;
+  int64_t j = 0;
+  if (stream) {
+    for (; j + N <= len; j += N)
+      hn::Stream(hn::MulAdd(hn::Sub(hn::LoadU(d, x + j), vmu), va, vb), d, y + j);
+  } else {
+    for (; j + N <= len; j += N)
+      hn::StoreU(hn::MulAdd(hn::Sub(hn::LoadU(d, x + j), vmu), va, vb), d, y + j);
+  }
+  if (j == len) return;
+  if constexpr (kMaskedTail) {
+    const auto m = hn::FirstN(d, size_t(len - j));
+    hn::BlendedStore(hn::MulAdd(hn::Sub(hn::MaskedLoad(m, d, x + j), vmu), va, vb), m, d, y + j);
+  } else {
+    for (; j < len; ++j) y[j] = (x[j] - mu) * scale + shift;
+  }
 }
 
 // dx = a * dy + b * (x - mu) + c over [0, len).
@@ -171,13 +175,25 @@ void DxSpan(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x, float* HW
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d));
   const VF vmu = hn::Set(d, mu), va = hn::Set(d, a), vb = hn::Set(d, b), vc = hn::Set(d, c);
-  int64_t j = stream ? std::min(len, Misalignment(d, dx)) : 0;
-  for (int64_t h = 0; h < j; ++h) dx[h] = a * dy[h] + (b * (x[h] - mu) + c);
-  for (; j + N <= len; j += N) {
-    const VF xm = hn::Sub(hn::LoadU(d, x + j), vmu);
-    Put(d, hn::MulAdd(va, hn::LoadU(d, dy + j), hn::MulAdd(vb, xm, vc)), dx + j, stream);
+  const auto value = [&](VF g, VF xv) {
+    return hn::MulAdd(va, g, hn::MulAdd(vb, hn::Sub(xv, vmu), vc));
+  };
+  int64_t j = 0;
+  if (stream) {
+    for (; j + N <= len; j += N)
+      hn::Stream(value(hn::LoadU(d, dy + j), hn::LoadU(d, x + j)), d, dx + j);
+  } else {
+    for (; j + N <= len; j += N)
+      hn::StoreU(value(hn::LoadU(d, dy + j), hn::LoadU(d, x + j)), d, dx + j);
   }
-  for (; j < len; ++j) dx[j] = a * dy[j] + (b * (x[j] - mu) + c);
+  if (j == len) return;
+  if constexpr (kMaskedTail) {
+    const auto m = hn::FirstN(d, size_t(len - j));
+    hn::BlendedStore(value(hn::MaskedLoad(m, d, dy + j), hn::MaskedLoad(m, d, x + j)), m, d,
+                     dx + j);
+  } else {
+    for (; j < len; ++j) dx[j] = a * dy[j] + (b * (x[j] - mu) + c);
+  }
 }
 
 // ---- NCHW (s > 1) ----
