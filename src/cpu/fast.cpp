@@ -76,6 +76,14 @@ inline int64_t rows_per_unit(int64_t c) {
   return std::max<int64_t>(kFlushRows, rows / kFlushRows * kFlushRows);
 }
 
+// Rows layouts with few rows: a unit can be a block of channels over all the
+// rows (at most 64 channels, 256 bytes a row, times the inputs it reads) and
+// still fit kFuseBytes, so each channel's statistics and its y (or dx) come
+// out of one unit, as for NCHW channels.
+inline bool column_units(const Shape& shape, int64_t tensors) {
+  return shape.m() * 256 * tensors <= 2 * kFuseBytes;
+}
+
 inline bool rows_layout(const Shape& shape) { return shape.layout == Layout::NHWC || shape.s == 1; }
 
 inline int threads_for(const Shape& shape) {
@@ -728,6 +736,168 @@ void DxAll(const Shape& shape, const float* dy, const float* x, const float* mu,
   if (stream) hwy::FlushStream();
 }
 
+// ---- column units (rows layouts with few rows) ----
+
+// Statistics, finishing and y for channels [k0, k0 + NV * N) over all m rows.
+template <int NV>
+void ColumnForward(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t c, int64_t m,
+                   int64_t k0, const ForwardOutputs& out, bool stream) {
+  const DF d;
+  const int64_t N = int64_t(hn::Lanes(d)), W = NV * N;
+  double* sum = scratch<double, 4>(c);
+  double* dev = scratch<double, 5>(c);
+  double* sq = scratch<double, 6>(c);
+  float* mu = scratch<float, 7>(c);
+  float* scale = scratch<float, 8>(c);
+  float* shift = scratch<float, 9>(c);
+  std::fill(sum + k0, sum + k0 + W, 0.0);
+  std::fill(dev + k0, dev + k0 + W, 0.0);
+  std::fill(sq + k0, sq + k0 + W, 0.0);
+  // Pilot-centered single pass, as RowsUnitMoments.
+  const int64_t pilot = std::clamp<int64_t>(m / 16, 1, kFlushRows);
+  SumBlock<NV>(x, c, k0, 0, pilot, sum);
+  for (int64_t k = k0; k < k0 + W; ++k) mu[k] = float(sum[k] / double(pilot));
+  CenteredBlock<NV>(x, c, k0, 0, m, mu, dev, sq);
+  for (int64_t k = k0; k < k0 + W; ++k) {
+    const double e = dev[k] / double(m);
+    finish_forward_channel(out, double(m), k, double(mu[k]) + e, (sq[k] - dev[k] * e) / double(m),
+                           mu[k], scale[k], shift[k]);
+  }
+  VF vmu[4], va[4], vb[4];
+#pragma GCC unroll 4
+  for (int v = 0; v < 4; ++v) {
+    const int64_t k = k0 + (v < NV ? v * N : 0);
+    vmu[v] = hn::LoadU(d, mu + k);
+    va[v] = hn::LoadU(d, scale + k);
+    vb[v] = hn::LoadU(d, shift + k);
+  }
+  for (int64_t r = 0; r < m; ++r) {
+    const float* HWY_RESTRICT xr = x + r * c + k0;
+    float* HWY_RESTRICT yr = y + r * c + k0;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const VF o = hn::MulAdd(hn::Sub(hn::LoadU(d, xr + v * N), vmu[v]), va[v], vb[v]);
+      if (stream) {
+        hn::Stream(o, d, yr + v * N);
+      } else {
+        hn::StoreU(o, d, yr + v * N);
+      }
+    }
+  }
+}
+
+// The channels past the last whole vector, in scalar code, same formulas.
+void ColumnForwardTail(const float* x, float* y, int64_t c, int64_t m, int64_t k0,
+                       const ForwardOutputs& out) {
+  const int64_t pilot = std::clamp<int64_t>(m / 16, 1, kFlushRows);
+  for (int64_t k = k0; k < c; ++k) {
+    double sum = 0;
+    for (int64_t r = 0; r < pilot; ++r) sum += double(x[r * c + k]);
+    float mu = float(sum / double(pilot));
+    double dev = 0, sq = 0;
+    for (int64_t r = 0; r < m; ++r) {
+      const double e = double(x[r * c + k] - mu);
+      dev += e;
+      sq += e * e;
+    }
+    const double e = dev / double(m);
+    float scale, shift;
+    finish_forward_channel(out, double(m), k, double(mu) + e, (sq - dev * e) / double(m), mu, scale,
+                           shift);
+    for (int64_t r = 0; r < m; ++r) y[r * c + k] = (x[r * c + k] - mu) * scale + shift;
+  }
+}
+
+// Reduction, finishing and dx for channels [k0, k0 + NV * N) over all m rows.
+template <int NV>
+void ColumnBackward(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x,
+                    float* HWY_RESTRICT dx, int64_t c, int64_t m, int64_t k0,
+                    const BackwardOutputs& out, bool stream) {
+  const DF d;
+  const int64_t N = int64_t(hn::Lanes(d)), W = NV * N;
+  double* sum_dy = scratch<double, 4>(c);
+  double* sum_dy_xmu = scratch<double, 5>(c);
+  float* a = scratch<float, 7>(c);
+  float* b = scratch<float, 8>(c);
+  float* cc = scratch<float, 9>(c);
+  std::fill(sum_dy + k0, sum_dy + k0 + W, 0.0);
+  std::fill(sum_dy_xmu + k0, sum_dy_xmu + k0 + W, 0.0);
+  DotBlock<NV>(dy, x, c, k0, 0, m, out.mean, sum_dy, sum_dy_xmu);
+  for (int64_t k = k0; k < k0 + W; ++k)
+    finish_backward_channel(out, double(m), k, sum_dy[k], sum_dy_xmu[k], a[k], b[k], cc[k]);
+  if (!dx) return;
+  VF vmu[4], va[4], vb[4], vc[4];
+#pragma GCC unroll 4
+  for (int v = 0; v < 4; ++v) {
+    const int64_t k = k0 + (v < NV ? v * N : 0);
+    vmu[v] = hn::LoadU(d, out.mean + k);
+    va[v] = hn::LoadU(d, a + k);
+    vb[v] = hn::LoadU(d, b + k);
+    vc[v] = hn::LoadU(d, cc + k);
+  }
+  for (int64_t r = 0; r < m; ++r) {
+    const float* HWY_RESTRICT xr = x + r * c + k0;
+    const float* HWY_RESTRICT gr = dy + r * c + k0;
+    float* HWY_RESTRICT o = dx + r * c + k0;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const VF rest = hn::MulAdd(vb[v], hn::Sub(hn::LoadU(d, xr + v * N), vmu[v]), vc[v]);
+      const VF val = hn::MulAdd(va[v], hn::LoadU(d, gr + v * N), rest);
+      if (stream) {
+        hn::Stream(val, d, o + v * N);
+      } else {
+        hn::StoreU(val, d, o + v * N);
+      }
+    }
+  }
+}
+
+void ColumnBackwardTail(const float* dy, const float* x, float* dx, int64_t c, int64_t m,
+                        int64_t k0, const BackwardOutputs& out) {
+  for (int64_t k = k0; k < c; ++k) {
+    const float mu = out.mean[k];
+    double sdy = 0, sdyxm = 0;
+    for (int64_t r = 0; r < m; ++r) {
+      sdy += double(dy[r * c + k]);
+      sdyxm += double(dy[r * c + k]) * double(x[r * c + k] - mu);
+    }
+    float a, b, cc;
+    finish_backward_channel(out, double(m), k, sdy, sdyxm, a, b, cc);
+    if (dx)
+      for (int64_t r = 0; r < m; ++r)
+        dx[r * c + k] = a * dy[r * c + k] + (b * (x[r * c + k] - mu) + cc);
+  }
+}
+
+// Runs the column kernels over blocks of up to 4 vectors of channels, in
+// parallel, then the scalar tail.
+template <class Block, class Tail>
+void ForColumns(const Shape& shape, Block&& block, Tail&& tail) {
+  const int64_t c = shape.c;
+  const int64_t N = int64_t(hn::Lanes(DF())), W = 4 * N;
+  const int64_t full = c / N * N, blocks = (full + W - 1) / W;
+  const int nt = threads_for(shape);
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int64_t k0 = i * W;
+    switch (std::min<int64_t>(4, (full - k0) / N)) {
+      case 4:
+        block.template operator()<4>(k0);
+        break;
+      case 3:
+        block.template operator()<3>(k0);
+        break;
+      case 2:
+        block.template operator()<2>(k0);
+        break;
+      default:
+        block.template operator()<1>(k0);
+        break;
+    }
+  }
+  if (full < c) tail(full);
+}
+
 // ---- entry points ----
 
 void ForwardTraining(const Shape& shape, const float* x, float* y, const ForwardOutputs& out) {
@@ -749,6 +919,15 @@ void ForwardTraining(const Shape& shape, const float* x, float* y, const Forward
         NormalizeSpan(x + base, y + base, s, mu, scale, shift, stream);
       }
     }
+    if (stream) hwy::FlushStream();
+    return;
+  }
+  if (rows_layout(shape) && column_units(shape, 1)) {
+    const bool stream = stream_output(shape, y);
+    const int64_t rows = shape.m();
+    ForColumns(
+        shape, [&]<int NV>(int64_t k0) { ColumnForward<NV>(x, y, c, rows, k0, out, stream); },
+        [&](int64_t k0) { ColumnForwardTail(x, y, c, rows, k0, out); });
     if (stream) hwy::FlushStream();
     return;
   }
@@ -781,6 +960,15 @@ void Backward(const Shape& shape, const float* dy, const float* x, float* dx,
         DxSpan(dy + base, x + base, dx + base, s, mu[k], a, b, cc, stream);
       }
     }
+    if (stream) hwy::FlushStream();
+    return;
+  }
+  if (rows_layout(shape) && column_units(shape, 2)) {
+    const bool stream = dx && stream_output(shape, dx);
+    const int64_t rows = shape.m();
+    ForColumns(
+        shape, [&]<int NV>(int64_t k0) { ColumnBackward<NV>(dy, x, dx, c, rows, k0, out, stream); },
+        [&](int64_t k0) { ColumnBackwardTail(dy, x, dx, c, rows, k0, out); });
     if (stream) hwy::FlushStream();
     return;
   }

@@ -25,7 +25,8 @@ class Dispatch : public ::testing::Test {
 
 // Shapes that reach every kernel path: the sweep's edge cases (scalar tails,
 // c < lanes, 2-D), NCHW whole-channel units, NCHW channels too big for one
-// unit (split, merged), row units with a partial last unit.
+// unit (split, merged), NHWC channel-column units (few rows), row units with
+// a partial last unit (many rows).
 std::vector<Shape> path_shapes() {
   auto shapes = sweep_shapes();
   for (auto layout : {Layout::NCHW, Layout::NHWC}) {
@@ -33,6 +34,9 @@ std::vector<Shape> path_shapes() {
     shapes.push_back({3, 1, 180001, layout});
     shapes.push_back({1000, 37, 1, layout});
   }
+  // Rows too many for channel-column units: row units, wide and partial
+  // channel blocks.
+  shapes.push_back({2, 80, 9000, Layout::NHWC});
   return shapes;
 }
 
