@@ -148,15 +148,18 @@ TEST_F(Dispatch, BitwiseIdenticalAcrossThreadCounts) {
   }
 }
 
-// (8, 32, 128, 128) NHWC: 131072 values a channel. Summed straight through in
-// float, dgamma is off by about 1e-3 relative (oneDNN 2.6, PyTorch 1.13);
-// bnorm's blocked sums keep dgamma and dbeta within 1e-5 of the reference.
+// (8, 32, 128, 128) NHWC: 131072 values a channel, where long float sums lose
+// digits (the issue reports 1e-3 for oneDNN 2.6 and PyTorch 1.13); bnorm's
+// blocked sums keep dgamma and dbeta within 1e-6 of the double reference.
 TEST_F(Dispatch, DgammaAccurateOnLargeNhwc) {
   const Shape shape{8, 32, 128 * 128, Layout::NHWC};
   const size_t numel = size_t(shape.numel()), c = size_t(shape.c);
   const auto x = cast<float>(random_values(numel, 5, 0.5, 2.0));
-  // dy with a mean, so that dbeta is a large sum with real cancellation risk.
-  const auto dy = cast<float>(random_values(numel, 6, 0.2, 1.0));
+  // dy correlated with x, as a loss gradient is, and with a mean: dgamma and
+  // dbeta are then large sums whose partial sums grow steadily.
+  const auto noise = random_values(numel, 6, 0.2, 0.5);
+  std::vector<float> dy(numel);
+  for (size_t i = 0; i < numel; ++i) dy[i] = float(0.25 * (double(x[i]) - 0.5) + noise[i]);
   std::vector<float> y(numel), mean(c), invstd(c), dw(c), db(c);
   forward_training<float>(shape, x.data(), nullptr, nullptr, y.data(), mean.data(), invstd.data(),
                           nullptr, nullptr);
@@ -164,10 +167,12 @@ TEST_F(Dispatch, DgammaAccurateOnLargeNhwc) {
                   dw.data(), db.data());
   const auto g =
       ref::backward(ref::Method::staged, shape, widen<float>(dy), widen<float>(x), {}, 1e-5);
-  // Scaled by the largest value, as everywhere else: a channel whose dgamma
-  // happens to be near 0 still carries the float rounding of save_mean.
-  EXPECT_LT(scaled_error(widen<float>(dw), g.dweight), 1e-5);
-  EXPECT_LT(scaled_error(widen<float>(db), g.dbias), 1e-5);
+  // Straight float sums over the 131072 values give 1.0e-5 (dgamma) and
+  // 1.4e-5 (dbeta) on these data (scaled by the largest value, as
+  // everywhere else); the blocked sums must do ten times better than the
+  // 1e-5 the issue asks for.
+  EXPECT_LT(scaled_error(widen<float>(dw), g.dweight), 1e-6);
+  EXPECT_LT(scaled_error(widen<float>(db), g.dbias), 1e-6);
 }
 
 TEST_F(Dispatch, ThreadSetting) {
