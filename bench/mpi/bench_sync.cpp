@@ -1,7 +1,8 @@
 // Time per synchronized forward + backward step at a fixed global batch, and
 // the share of it spent inside MPI (the collectives are wrapped through the
-// PMPI profiling interface and timed). Run under mpirun with 1, 2, 4 ranks:
-// bench/mpi/run.sh. Prints one line per run.
+// PMPI profiling interface and timed; that includes waiting for the slowest
+// rank), and the time of the same protocol with no data to normalize. Run
+// under mpirun with 1, 2, 4 ranks: bench/mpi/run.sh. One line per run.
 #include <mpi.h>
 
 #include <algorithm>
@@ -76,17 +77,35 @@ int main(int argc, char** argv) {
       comm_shares.push_back(times[1] / times[0]);
     }
   }
+  // The protocol alone: the same collectives with (almost) no data to
+  // normalize, rank 0 holding the 2 values a training step needs.
+  const bnorm::Shape tiny{rank == 0 ? 1 : 0, c, 2, bnorm::Layout::NHWC};
+  std::vector<double> protocol_times;
+  for (int it = -3; it < steps; ++it) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double t0 = MPI_Wtime();
+    bnorm::mpi::forward_training(MPI_COMM_WORLD, tiny, x.data(), w.data(), b.data(), y.data(),
+                                 mean.data(), invstd.data(), rm.data(), rv.data());
+    bnorm::mpi::backward(MPI_COMM_WORLD, tiny, dy.data(), x.data(), w.data(), mean.data(),
+                         invstd.data(), dx.data(), dw.data(), db.data());
+    double t = MPI_Wtime() - t0;
+    PMPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (it >= 0) protocol_times.push_back(t);
+  }
   if (rank == 0) {
     auto median = [](std::vector<double> v) {
       std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());
       return v[v.size() / 2];
     };
+    const double step = median(step_times), protocol = median(protocol_times);
     std::printf(
-        "ranks %d  global batch %lld x %lld x %lld float NHWC  step (fwd+bwd) median "
-        "%8.3f ms  min %8.3f ms  in MPI %5.1f%%  sent per rank %lld B\n",
+        "ranks %d  batch %lld x %lld x %lld float NHWC  step (fwd+bwd) median %7.3f ms  "
+        "min %7.3f ms  in MPI calls %4.1f%%  protocol alone %6.3f ms (%4.1f%% of the "
+        "step)  payload per rank %lld B\n",
         size, static_cast<long long>(n_total), static_cast<long long>(c), static_cast<long long>(s),
-        1e3 * median(step_times), 1e3 * *std::min_element(step_times.begin(), step_times.end()),
-        100 * median(comm_shares), static_cast<long long>(256 + 80 * c));
+        1e3 * step, 1e3 * *std::min_element(step_times.begin(), step_times.end()),
+        100 * median(comm_shares), 1e3 * protocol, 100 * protocol / step,
+        static_cast<long long>(256 + 80 * c));
   }
   MPI_Finalize();
   return 0;
