@@ -3,17 +3,18 @@
 // Chan's merge (and floating-point addition) is not associative, so the
 // rounding of the global mean and variance depends on how the ranks'
 // contributions are bracketed. Declaring the user operation non-commutative
-// fixes the ORDER of the operands (ascending rank, MPI 4.0 sec. 6.9.5), and
-// the bracketing is fixed by the algorithm the library selects from the
+// fixes the ORDER of the operands (ascending rank; MPI standard, user-defined reduction
+// operations), and the bracketing is fixed by the algorithm the library selects from the
 // communicator size and message size, never by timing. But MPI_Allreduce only
 // *recommends* that every rank receive the same result: a
 // reduce-scatter/allgather or recursive-doubling allreduce may combine the
 // same operands under a different bracketing on different ranks. Reducing to
 // rank 0 and broadcasting rank 0's bytes makes "every rank holds bitwise the
 // same statistics" a property of this code rather than of the MPI library,
-// at the cost Open MPI pays anyway for non-commutative allreduce (it runs it
-// as reduce + bcast). The payload stays O(c): c triples up the tree, c
-// triples down, never an O(ranks x c) gather.
+// for two tree latencies instead of one (MPI libraries' own "non-overlapping"
+// allreduce is exactly this pair). The payload stays O(c): c triples up the
+// tree, c triples down, never an O(ranks x c) gather. The pre-flight check
+// below can use MPI_Allreduce: its integer min, max and sum are exact.
 #include "mpi/collectives.hpp"
 
 #include <algorithm>
