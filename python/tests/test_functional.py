@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 import tracemalloc
 
 import bnorm
@@ -178,3 +179,45 @@ def test_running_stats_are_updated_in_place():
     assert rm.__array_interface__["data"][0] == rm_before
     np.testing.assert_allclose(rm, mean, rtol=1e-14)
     np.testing.assert_allclose(rv, unbiased, rtol=1e-14)
+
+
+GIL_X = np.ones((64, 16, 64, 64), np.float32)  # 16 MiB: the kernels run for a while
+GIL_C = np.ones(16, np.float32)
+GIL_CALLS = {
+    "batch_norm train": lambda: bnorm.batch_norm(GIL_X, training=True),
+    "batch_norm eval": lambda: bnorm.batch_norm(GIL_X, GIL_C, GIL_C),
+    "batch_norm_train": lambda: bnorm.batch_norm_train(GIL_X),
+    "batch_norm_backward": lambda: bnorm.batch_norm_backward(GIL_X, GIL_X, GIL_C, GIL_C, GIL_C),
+    "batch_norm_backward_eval":
+        lambda: bnorm.batch_norm_backward_eval(GIL_X, GIL_X, GIL_C, GIL_C, GIL_C),
+}
+
+
+@pytest.mark.parametrize("call", GIL_CALLS.values(), ids=GIL_CALLS.keys())
+def test_gil_is_released_while_the_kernel_runs(call):
+    """With a switch interval of 1000 s a thread gives up the GIL only when it
+    blocks or when C code releases it. The main thread waits for a worker that
+    calls bnorm: if it gets to run before the worker has returned, bnorm let go
+    of the GIL. Holding it would make that impossible, not merely unlikely; the
+    retries only absorb a scheduler that wakes the main thread late."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000)
+    try:
+        for _ in range(5):
+            started, done = threading.Event(), []
+
+            def work():
+                started.set()
+                call()
+                done.append(True)
+
+            worker = threading.Thread(target=work)
+            worker.start()
+            started.wait()
+            inside = not done
+            worker.join()
+            if inside:
+                break
+    finally:
+        sys.setswitchinterval(old)
+    assert inside, "the main thread never ran while bnorm was running"
