@@ -177,8 +177,9 @@ def test_sgd_steps_match_torch(dtype, memory, momentum):
     theirs = conv_model(bn(nn.BatchNorm2d), dtype).to(memory_format=memory)
     ours = conv_model(bn(bt.BatchNorm2d), dtype).to(memory_format=memory)
     ours.load_state_dict(theirs.state_dict())
-    # Roundings differ by an ulp and 20 steps amplify them a little.
-    tol = 2e4 * torch.finfo(dtype).eps
+    # The two differ by roundings (about 2 eps seen after 20 steps); the margin
+    # covers other CPUs, where torch's kernels round differently.
+    tol = 200 * torch.finfo(dtype).eps
     opt_ours = torch.optim.SGD(ours.parameters(), lr=0.05, momentum=0.9)
     opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(4)
