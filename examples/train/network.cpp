@@ -88,9 +88,8 @@ Matrix<T> NormLayer<T>::forward(const Matrix<T>& z, bool training) {
       invstd_.resize(c);
       Matrix<T> u(n, c);
       bnorm::forward_training<T>(shape, z.data(), bn_->weight().data(), bn_->bias().data(),
-                                 u.data(), mean_.data(), invstd_.data(),
-                                 const_cast<T*>(bn_->running_mean().data()),
-                                 const_cast<T*>(bn_->running_var().data()));
+                                 u.data(), mean_.data(), invstd_.data(), bn_->running_mean().data(),
+                                 bn_->running_var().data());
       return u;
     }
   }
