@@ -342,32 +342,77 @@ struct Summary {
   std::vector<std::pair<std::string, std::string>> rows;  // for the final table
 };
 
-void experiment1(const Split& train_set, const Split& test, const Plan& plan, Output& out,
-                 Summary& sum, bool tty, Finals& finals) {
-  fmt::print("Experiment 1: the paper's MNIST experiment on Fashion-MNIST\n");
-  const int last = 2, unit = 0;
-  auto probe = [&](Network<float>& net) {
-    net.forward(train::rows(test, 0, std::min<int64_t>(1000, test.count)));
-    const auto& u = net.pre_activation(last);
-    std::vector<double> v(size_t(u.rows()));
-    for (Eigen::Index i = 0; i < u.rows(); ++i) v[size_t(i)] = u(i, unit);
-    return std::vector<double>{percentile(v, 15), percentile(v, 50), percentile(v, 85)};
-  };
-  std::map<Norm, Trained> res;
-  for (Norm norm : {Norm::none, Norm::batchnorm}) {
+// The paper's network (experiments 1, 2 and 4 share it), trained once per
+// variant: every record keeps the 15th/50th/85th percentiles of one sigmoid's
+// input (unit 0 of the last hidden layer) and, per hidden layer, the mean
+// over units of |mean| and of the standard deviation of the batch-norm
+// inputs, all over the first 1000 test images.
+struct PaperRun {
+  Trained trained;
+  double train_mode_acc = 0;  // test set in batches of 60, batch statistics
+};
+constexpr size_t kPercentiles = 0, kDrift = 3;
+
+class PaperRuns {
+ public:
+  PaperRuns(const Split& train_set, const Split& test, const Plan& plan, bool tty)
+      : train_(train_set), test_(test), plan_(plan), tty_(tty) {}
+  const PaperRun& get(Norm norm) {
+    auto it = runs_.find(norm);
+    if (it != runs_.end()) return it->second;
     Network<float> net(paper_net(norm));
     RunConfig rc;
     rc.net = paper_net(norm);
     rc.lr = kPaperLr;
     rc.momentum = kPaperMomentum;
     rc.batch = 60;
-    rc.steps = plan.e1_steps;
+    rc.steps = plan_.e1_steps;
     rc.seed = 101;
-    res[norm] = run(fmt::format("E1 sigmoid 3x100, {}", train::to_string(norm)), net, train_set,
-                    test, rc, plan.e1_every, plan.probe, tty, probe);
+    PaperRun r;
+    r.trained = run(fmt::format("sigmoid 3x100, {}", train::to_string(norm)), net, train_, test_,
+                    rc, plan_.e1_every, plan_.probe, tty_, probe);
+    Network<float> copy = net;
+    copy.train(true);
+    r.train_mode_acc = train::evaluate(copy, test_, 0, 60).accuracy;
+    return runs_[norm] = std::move(r);
   }
-  const auto& a = res[Norm::none];
-  const auto& b = res[Norm::batchnorm];
+
+ private:
+  std::vector<double> probe_impl(Network<float>& net) const {
+    net.forward(train::rows(test_, 0, std::min<int64_t>(1000, test_.count)));
+    const auto& u = net.pre_activation(net.hidden_layers() - 1);
+    std::vector<double> unit(size_t(u.rows()));
+    for (Eigen::Index i = 0; i < u.rows(); ++i) unit[size_t(i)] = u(i, 0);
+    std::vector<double> v = {percentile(unit, 15), percentile(unit, 50), percentile(unit, 85)};
+    for (int l = 0; l < net.hidden_layers(); ++l) {
+      const auto& z = net.linear_output(l);
+      double abs_mean = 0, sd = 0;
+      for (Eigen::Index k = 0; k < z.cols(); ++k) {
+        const double mu = z.col(k).template cast<double>().mean();
+        const double var = (z.col(k).template cast<double>().array() - mu).square().mean();
+        abs_mean += std::abs(mu);
+        sd += std::sqrt(var);
+      }
+      v.push_back(abs_mean / double(z.cols()));
+      v.push_back(sd / double(z.cols()));
+    }
+    return v;
+  }
+  const Split& train_;
+  const Split& test_;
+  Plan plan_;
+  bool tty_;
+  std::function<std::vector<double>(Network<float>&)> probe = [this](Network<float>& net) {
+    return probe_impl(net);
+  };
+  std::map<Norm, PaperRun> runs_;
+};
+
+void experiment1(PaperRuns& runs, const Plan& plan, Output& out, Summary& sum, Finals& finals) {
+  fmt::print("Experiment 1: the paper's MNIST experiment on Fashion-MNIST\n");
+  const int unit = 0;
+  const auto& a = runs.get(Norm::none).trained;
+  const auto& b = runs.get(Norm::batchnorm).trained;
   finals.push_back({"E1 without BN", a.test_acc});
   finals.push_back({"E1 with BN", b.test_acc});
   std::string dat = "# step acc_none acc_bn p15_none p50_none p85_none p15_bn p50_bn p85_bn\n";
@@ -439,46 +484,14 @@ void experiment1(const Split& train_set, const Split& test, const Plan& plan, Ou
 
 // ---- experiment 2: gradients through the moments ----------------------------
 
-void experiment2(const Split& train_set, const Split& test, const Plan& plan, Output& out,
-                 Summary& sum, bool tty, Finals& finals) {
+void experiment2(PaperRuns& runs, const Plan& plan, Output& out, Summary& sum, Finals& finals) {
   fmt::print("Experiment 2: backward through the moments, or with the moments frozen\n");
-  // Mean over units of |mean of the unit's BN input| and of its standard
-  // deviation, over 1000 test images, for each hidden layer.
-  auto probe = [&](Network<float>& net) {
-    net.forward(train::rows(test, 0, std::min<int64_t>(1000, test.count)));
-    std::vector<double> v;
-    for (int l = 0; l < net.hidden_layers(); ++l) {
-      const auto& z = net.linear_output(l);
-      double abs_mean = 0, sd = 0;
-      for (Eigen::Index k = 0; k < z.cols(); ++k) {
-        const double mu = z.col(k).template cast<double>().mean();
-        const double var = (z.col(k).template cast<double>().array() - mu).square().mean();
-        abs_mean += std::abs(mu);
-        sd += std::sqrt(var);
-      }
-      v.push_back(abs_mean / double(z.cols()));
-      v.push_back(sd / double(z.cols()));
-    }
-    return v;
-  };
-  std::map<Norm, Trained> res;
-  std::map<Norm, double> train_mode_acc;
-  for (Norm norm : {Norm::batchnorm, Norm::frozen_moments}) {
-    Network<float> net(paper_net(norm));
-    RunConfig rc;
-    rc.net = paper_net(norm);
-    rc.lr = kPaperLr;
-    rc.momentum = kPaperMomentum;
-    rc.steps = plan.e1_steps;
-    rc.seed = 101;
-    res[norm] = run(fmt::format("E2 sigmoid 3x100, {}", train::to_string(norm)), net, train_set,
-                    test, rc, plan.e1_every, plan.probe, tty, probe);
-    Network<float> copy = net;
-    copy.train(true);
-    train_mode_acc[norm] = train::evaluate(copy, test, 0, 60).accuracy;
-  }
-  const auto& t = res[Norm::batchnorm];
-  const auto& f = res[Norm::frozen_moments];
+  const auto& tr = runs.get(Norm::batchnorm);
+  const auto& fr = runs.get(Norm::frozen_moments);
+  const auto& t = tr.trained;
+  const auto& f = fr.trained;
+  const std::map<Norm, double> train_mode_acc = {{Norm::batchnorm, tr.train_mode_acc},
+                                                 {Norm::frozen_moments, fr.train_mode_acc}};
   finals.push_back({"E2 true BN", t.test_acc});
   finals.push_back({"E2 frozen moments", f.test_acc});
   std::string dat =
@@ -487,8 +500,10 @@ void experiment2(const Split& train_set, const Split& test, const Plan& plan, Ou
   for (size_t i = 0; i < t.curve.step.size(); ++i) {
     dat += fmt::format("{} {} {} {} {}", t.curve.step[i], t.curve.acc[i], f.curve.acc[i],
                        t.curve.loss[i], f.curve.loss[i]);
-    for (double v : t.curve.extra[i]) dat += fmt::format(" {}", v);
-    for (double v : f.curve.extra[i]) dat += fmt::format(" {}", v);
+    for (size_t j = kDrift; j < t.curve.extra[i].size(); ++j)
+      dat += fmt::format(" {}", t.curve.extra[i][j]);
+    for (size_t j = kDrift; j < f.curve.extra[i].size(); ++j)
+      dat += fmt::format(" {}", f.curve.extra[i][j]);
     dat += "\n";
   }
   out.write_file("e2.dat", dat);
@@ -506,9 +521,9 @@ void experiment2(const Split& train_set, const Split& test, const Plan& plan, Ou
            "set title 'Training loss'\nset yrange [0:*]\n"
            "plot 'e2.dat' u 1:4 w l lw 2 t 'true', '' u 1:5 w l lw 2 t 'frozen moments'\n"
            "unset multiplot\n");
-  const auto& te = t.curve.extra.back();
-  const auto& fe = f.curve.extra.back();
-  const auto& f0 = f.curve.extra.front();
+  const std::vector<double> te(t.curve.extra.back().begin() + kDrift, t.curve.extra.back().end());
+  const std::vector<double> fe(f.curve.extra.back().begin() + kDrift, f.curve.extra.back().end());
+  const std::vector<double> f0(f.curve.extra.front().begin() + kDrift, f.curve.extra.front().end());
   const double tl = t.curve.loss.back(), fl = f.curve.loss.back();
   out.add(
       "## 2. Gradients through the moments (seeds 000, 001)\n\n"
@@ -529,14 +544,14 @@ void experiment2(const Split& train_set, const Split& test, const Plan& plan, Ou
       "frozen against {:.4f} true.\n\n",
       plan.e1_steps, fe[0], fe[2], fe[4], f0[0], f0[2], f0[4], te[0], te[2], te[4], fe[1], fe[3],
       fe[5], te[1], te[3], te[5], pct(f.test_acc), pct(t.test_acc),
-      pct(train_mode_acc[Norm::frozen_moments]), pct(train_mode_acc[Norm::batchnorm]),
+      pct(train_mode_acc.at(Norm::frozen_moments)), pct(train_mode_acc.at(Norm::batchnorm)),
       plan.e1_every, fl, tl);
   out.add(
       "With frozen moments the network loses {:.1f} points between train mode and eval mode "
       "(true gradient: {:.1f}): the running averages used at inference lag behind inputs whose "
       "mean keeps drifting.\n\n",
-      100 * (train_mode_acc[Norm::frozen_moments] - f.test_acc),
-      100 * (train_mode_acc[Norm::batchnorm] - t.test_acc));
+      100 * (train_mode_acc.at(Norm::frozen_moments) - f.test_acc),
+      100 * (train_mode_acc.at(Norm::batchnorm) - t.test_acc));
   out.add("![drift](experiments/e2_drift.png)\n\n![accuracy](experiments/e2_accuracy.png)\n\n");
   sum.rows.push_back(
       {"2. test accuracy, true BN / frozen moments", pct(t.test_acc) + " / " + pct(f.test_acc)});
@@ -894,12 +909,35 @@ int demo(const DemoOptions& o) {
   int status = 0;
   for (const auto& r : gradient_check(out))
     if (!r.ok()) status = 1;
-  if (want.count(1)) experiment1(train_set, test, plan, out, sum, tty, finals);
-  if (want.count(2)) experiment2(train_set, test, plan, out, sum, tty, finals);
-  if (want.count(3)) experiment3(train_set, test, plan, out, sum, tty, finals);
-  if (want.count(4)) experiment4(train_set, test, plan, out, sum, tty, finals);
-  if (want.count(5)) experiment5(out, sum);
-  if (want.count(6) && experiment6(out, sum) != 0) status = 1;
+  PaperRuns paper_runs(train_set, test, plan, tty);
+  auto reproduce = [&](int e) {
+    out.add("Reproduce: `build/release/tools/bnorm demo --only {}{}`.\n\n", e,
+            o.full ? " --full" : "");
+  };
+  if (want.count(1)) {
+    experiment1(paper_runs, plan, out, sum, finals);
+    reproduce(1);
+  }
+  if (want.count(2)) {
+    experiment2(paper_runs, plan, out, sum, finals);
+    reproduce(2);
+  }
+  if (want.count(3)) {
+    experiment3(train_set, test, plan, out, sum, tty, finals);
+    reproduce(3);
+  }
+  if (want.count(4)) {
+    experiment4(train_set, test, plan, out, sum, tty, finals);
+    reproduce(4);
+  }
+  if (want.count(5)) {
+    experiment5(out, sum);
+    reproduce(5);
+  }
+  if (want.count(6)) {
+    if (experiment6(out, sum) != 0) status = 1;
+    reproduce(6);
+  }
   if (!finals.empty()) baselines(out, finals);
 
   const double wall = seconds_since(t0);
