@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job: install what is missing, build, then walk through the layer
-# (bnorm explain) and check every path against the reference (bnorm gradcheck).
+# The main job: install what is missing, build, then `bnorm demo`: a gradient
+# check, then six experiments on Fashion-MNIST that answer the seed documents'
+# questions. It writes the report and its plots to docs/experiments.md and
+# docs/experiments/ (override with BNORM_DEMO_OUT=DIR); extra arguments go to
+# the demo (e.g. --full for the long runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh release
-build/release/tools/bnorm explain
-echo
-build/release/tools/bnorm gradcheck
+build/release/tools/bnorm demo --out "${BNORM_DEMO_OUT:-docs}" "$@"

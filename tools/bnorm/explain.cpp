@@ -6,9 +6,11 @@
 
 #include <bnorm/reference.hpp>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "commands.hpp"
+#include "graph.hpp"
 
 namespace bnorm::cli {
 namespace {
@@ -30,9 +32,13 @@ void invariants(const char* name, const std::vector<double>& dx, const std::vect
 }
 
 int run(const std::vector<double>& x, const std::vector<double>& dy, double gamma, double beta,
-        double eps) {
+        double eps, const std::string& graph) {
   const auto f = ref::staged_forward(x, gamma, beta, eps);
   const auto b = ref::staged_backward(f, dy);
+  if (!graph.empty()) {
+    render_png(staged_graph_dot(f, b), graph);
+    fmt::print("Wrote the graph to {}\n\n", graph);
+  }
   const auto cf = ref::closed_form(x, dy, gamma, eps);
 
   fmt::print("One channel, m = {} values; gamma = {}, beta = {}, eps = {}\n\n", x.size(), gamma,
@@ -93,17 +99,21 @@ void register_explain(CLI::App& app, int* exit_code) {
   static std::vector<double> x{1.0, 2.0, 4.0, 9.0};
   static std::vector<double> dy{0.5, -1.0, 0.25, 2.0};
   static double gamma = 1.5, beta = 0.5, eps = 1e-5;
+  static std::string graph;
   cmd->add_option("--x", x, "Input values of the channel")->capture_default_str();
   cmd->add_option("--dy", dy, "Upstream gradient dL/dy")->capture_default_str();
   cmd->add_option("--gamma", gamma, "Scale")->capture_default_str();
   cmd->add_option("--beta", beta, "Shift")->capture_default_str();
   cmd->add_option("--eps", eps, "Epsilon")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--graph", graph,
+                  "Also draw the staged graph with its forward values and gradients to this PNG "
+                  "(Graphviz)");
   cmd->callback([exit_code] {
     if (x.size() < 2 || dy.size() != x.size())
       throw std::invalid_argument(
           "explain: need at least 2 values in --x and as many in --dy (got " +
           std::to_string(x.size()) + " and " + std::to_string(dy.size()) + ")");
-    *exit_code = run(x, dy, gamma, beta, eps);
+    *exit_code = run(x, dy, gamma, beta, eps, graph);
   });
 }
 

@@ -1,0 +1,435 @@
+// bnorm._bnorm: the functional API of torch.nn.functional.batch_norm over
+// NumPy arrays, calling bnorm's kernels without copying C-contiguous input.
+//
+// Every argument is checked here (shape, dtype, writability) or by the core
+// (eps, momentum, batch size) before anything is written, so a ValueError
+// leaves the caller's running statistics as they were.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <bnorm/bnorm.hpp>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// forcecast converts byte order and dtype, c_style and aligned make a packed,
+// aligned copy; an array that already is a packed, aligned, native T array is
+// passed through as is.
+template <class T>
+using Array = py::array_t<T, py::array::c_style | py::array::forcecast |
+                                 py::detail::npy_api::NPY_ARRAY_ALIGNED_>;
+
+[[noreturn]] void fail(const char* fn, const std::string& what) {
+  throw py::value_error(std::string("bnorm.") + fn + ": " + what);
+}
+
+std::string shape_str(const py::array& a) {
+  std::string out = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (d > 0) out += ", ";
+    out += std::to_string(a.shape(d));
+  }
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+bool is_float64(const py::array& a) { return a.dtype().itemsize() == 8; }
+
+// The tensor argument that fixes the dtype of the call: float32 or float64.
+py::array float_array(const char* fn, const char* name, const py::handle& obj) {
+  if (obj.is_none()) fail(fn, std::string(name) + " must be an array, got None");
+  py::array a = py::array::ensure(obj);
+  if (!a) fail(fn, std::string(name) + " must be convertible to a NumPy array");
+  const auto dt = a.dtype();
+  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
+    fail(fn, std::string(name) + " must have dtype float32 or float64, got " + dtype_str(a));
+  return a;
+}
+
+// input of shape (N, C, *spatial), or (N, *spatial, C) when channels_last.
+bnorm::Shape shape_of(const char* fn, const char* name, const py::array& x, bool channels_last) {
+  const py::ssize_t rank = x.ndim();
+  if (rank < 2)
+    fail(fn, std::string(name) + " must have at least 2 dimensions " +
+                 (channels_last ? "(N, *spatial, C)" : "(N, C, *spatial)") + ", got shape " +
+                 shape_str(x));
+  bnorm::Shape shape;
+  shape.layout = channels_last ? bnorm::Layout::NHWC : bnorm::Layout::NCHW;
+  shape.n = x.shape(0);
+  shape.c = channels_last ? x.shape(rank - 1) : x.shape(1);
+  shape.s = 1;
+  for (py::ssize_t d = channels_last ? 1 : 2; d < (channels_last ? rank - 1 : rank); ++d)
+    shape.s *= x.shape(d);
+  return shape;
+}
+
+template <class T>
+Array<T> tensor(const char* fn, const char* name, const py::array& a) {
+  auto out = Array<T>::ensure(a);
+  if (!out) fail(fn, std::string(name) + " could not be converted to a C-contiguous array");
+  return out;
+}
+
+template <class T>
+void check_same_dtype(const char* fn, const char* name, const py::array& a) {
+  if (!py::array_t<T>::check_(a))
+    fail(fn, std::string(name) + " must have dtype " +
+                 py::str(py::dtype::of<T>()).cast<std::string>() + " like input, got " +
+                 dtype_str(a));
+}
+
+void check_channels(const char* fn, const char* name, const py::array& a, int64_t c) {
+  if (a.ndim() != 1 || a.shape(0) != c)
+    fail(fn, std::string(name) + " must have shape (" + std::to_string(c) +
+                 ",) (one value per channel), got " + shape_str(a));
+}
+
+// A read-only per-channel array (weight, bias, saved statistics), or None.
+template <class T>
+std::optional<Array<T>> channel_param(const char* fn, const char* name, const py::handle& obj,
+                                      int64_t c) {
+  if (obj.is_none()) return std::nullopt;
+  py::array a = py::array::ensure(obj);
+  if (!a) fail(fn, std::string(name) + " must be None or convertible to a NumPy array");
+  check_same_dtype<T>(fn, name, a);
+  check_channels(fn, name, a, c);
+  return tensor<T>(fn, name, a);
+}
+
+// A running statistic, updated in place: it must be the caller's own array,
+// since a converted copy would silently drop the update.
+template <class T>
+std::optional<Array<T>> running_stat(const char* fn, const char* name, const py::handle& obj,
+                                     int64_t c) {
+  if (obj.is_none()) return std::nullopt;
+  if (!py::isinstance<py::array>(obj))
+    fail(fn, std::string(name) + " must be a NumPy array (it is updated in place), got " +
+                 py::str(py::type::of(obj)).cast<std::string>());
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  check_same_dtype<T>(fn, name, a);
+  check_channels(fn, name, a, c);
+  if (!a.writeable()) fail(fn, std::string(name) + " must be writeable (it is updated in place)");
+  if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    fail(fn, std::string(name) + " must be contiguous and aligned (it is updated in place), " +
+                 "got strides (" + std::to_string(a.strides(0)) + ",)");
+  return Array<T>::ensure(a);
+}
+
+template <class T>
+const T* data(const std::optional<Array<T>>& a) {
+  return a ? a->data() : nullptr;
+}
+
+template <class T>
+T* mutable_data(std::optional<Array<T>>& a) {
+  return a ? a->mutable_data() : nullptr;
+}
+
+template <class T>
+Array<T> empty_like(const Array<T>& x) {
+  return Array<T>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+}
+
+// The count the cumulative average (momentum=None) divides by: required
+// whenever running statistics are updated with momentum=None.
+int64_t batches_for(const char* fn, bool updates_running_stats,
+                    const std::optional<double>& momentum,
+                    const std::optional<int64_t>& num_batches_tracked) {
+  if (momentum || !updates_running_stats) return num_batches_tracked.value_or(0);
+  if (!num_batches_tracked)
+    fail(fn,
+         "momentum=None (cumulative moving average) needs the keyword argument "
+         "num_batches_tracked (batches seen, this one included), got none");
+  return *num_batches_tracked;
+}
+
+struct TrainResult {
+  py::object y, save_mean, save_invstd;
+};
+
+template <class T>
+TrainResult train_impl(const char* fn, const py::array& input, const py::handle& weight,
+                       const py::handle& bias, const py::handle& running_mean,
+                       const py::handle& running_var, std::optional<double> momentum, double eps,
+                       bool channels_last, std::optional<int64_t> num_batches_tracked,
+                       bool want_saved) {
+  const Array<T> x = tensor<T>(fn, "input", input);
+  const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
+  const auto w = channel_param<T>(fn, "weight", weight, shape.c);
+  const auto b = channel_param<T>(fn, "bias", bias, shape.c);
+  auto rm = running_stat<T>(fn, "running_mean", running_mean, shape.c);
+  auto rv = running_stat<T>(fn, "running_var", running_var, shape.c);
+  const bnorm::Options options{eps, momentum,
+                               batches_for(fn, rm && rv, momentum, num_batches_tracked)};
+  Array<T> y = empty_like(x);
+  std::optional<Array<T>> mean, invstd;
+  if (want_saved) {
+    mean.emplace(shape.c);
+    invstd.emplace(shape.c);
+  }
+  {
+    py::gil_scoped_release nogil;
+    bnorm::forward_training(shape, x.data(), data(w), data(b), y.mutable_data(), mutable_data(mean),
+                            mutable_data(invstd), mutable_data(rm), mutable_data(rv), options);
+  }
+  if (!want_saved) return {std::move(y), py::none(), py::none()};
+  return {std::move(y), std::move(*mean), std::move(*invstd)};
+}
+
+template <class T>
+py::object eval_impl(const char* fn, const py::array& input, const py::handle& running_mean,
+                     const py::handle& running_var, const py::handle& weight,
+                     const py::handle& bias, double eps, bool channels_last) {
+  const Array<T> x = tensor<T>(fn, "input", input);
+  const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
+  const auto w = channel_param<T>(fn, "weight", weight, shape.c);
+  const auto b = channel_param<T>(fn, "bias", bias, shape.c);
+  const auto rm = channel_param<T>(fn, "running_mean", running_mean, shape.c);
+  const auto rv = channel_param<T>(fn, "running_var", running_var, shape.c);
+  if (!rm || !rv)
+    fail(fn, std::string("training=False normalizes with running_mean and running_var, got ") +
+                 (rm ? "running_var=None" : "running_mean=None"));
+  Array<T> y = empty_like(x);
+  {
+    py::gil_scoped_release nogil;
+    bnorm::forward_inference(shape, x.data(), data(w), data(b), rm->data(), rv->data(),
+                             y.mutable_data(), eps);
+  }
+  return y;
+}
+
+// frozen: the gradient of the inference forward (mean and invstd constants).
+template <class T>
+py::tuple backward_impl(const char* fn, bool frozen, const py::array& grad_output,
+                        const py::array& input, const py::handle& weight, const py::handle& mean,
+                        const py::handle& invstd_or_var, std::optional<double> eps,
+                        bool channels_last) {
+  const char* mean_name = frozen ? "running_mean" : "save_mean";
+  const char* spread_name = frozen ? "running_var" : "save_invstd";
+  check_same_dtype<T>(fn, "grad_output", grad_output);
+  const Array<T> x = tensor<T>(fn, "input", input);
+  const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
+  if (grad_output.ndim() != x.ndim() ||
+      !std::equal(x.shape(), x.shape() + x.ndim(), grad_output.shape()))
+    fail(fn, "grad_output must have the shape of input " + shape_str(x) + ", got " +
+                 shape_str(grad_output));
+  const Array<T> dy = tensor<T>(fn, "grad_output", grad_output);
+  const auto w = channel_param<T>(fn, "weight", weight, shape.c);
+  const auto mu = channel_param<T>(fn, mean_name, mean, shape.c);
+  const auto spread = channel_param<T>(fn, spread_name, invstd_or_var, shape.c);
+  if (!mu) fail(fn, std::string(mean_name) + " must be an array, got None");
+  if (!spread) fail(fn, std::string(spread_name) + " must be an array, got None");
+  Array<T> invstd = *spread;
+  if (frozen) {
+    if (!std::isfinite(*eps) || *eps <= 0)
+      fail(fn, "eps must be finite and > 0, got " + std::to_string(*eps));
+    invstd = Array<T>(shape.c);
+    T* out = invstd.mutable_data();
+    for (int64_t k = 0; k < shape.c; ++k)
+      out[k] = T(1.0 / std::sqrt(double(spread->data()[k]) + *eps));
+  }
+  Array<T> dx = empty_like(x);
+  std::optional<Array<T>> dweight, dbias;
+  if (w) {
+    dweight.emplace(shape.c);
+    dbias.emplace(shape.c);
+  }
+  {
+    py::gil_scoped_release nogil;
+    auto kernel = frozen ? bnorm::backward_frozen_moments<T> : bnorm::backward<T>;
+    kernel(shape, dy.data(), x.data(), data(w), mu->data(), invstd.data(), dx.mutable_data(),
+           mutable_data(dweight), mutable_data(dbias));
+  }
+  py::object dw = dweight ? py::object(std::move(*dweight)) : py::object(py::none());
+  py::object db = dbias ? py::object(std::move(*dbias)) : py::object(py::none());
+  return py::make_tuple(std::move(dx), std::move(dw), std::move(db));
+}
+
+py::object batch_norm(const py::object& input, const py::object& running_mean,
+                      const py::object& running_var, const py::object& weight,
+                      const py::object& bias, bool training, std::optional<double> momentum,
+                      double eps, bool channels_last, std::optional<int64_t> num_batches_tracked) {
+  constexpr const char* fn = "batch_norm";
+  const py::array x = float_array(fn, "input", input);
+  if (training) {
+    auto r = is_float64(x)
+                 ? train_impl<double>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                                      channels_last, num_batches_tracked, false)
+                 : train_impl<float>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                                     channels_last, num_batches_tracked, false);
+    return r.y;
+  }
+  return is_float64(x)
+             ? eval_impl<double>(fn, x, running_mean, running_var, weight, bias, eps, channels_last)
+             : eval_impl<float>(fn, x, running_mean, running_var, weight, bias, eps, channels_last);
+}
+
+py::tuple batch_norm_train(const py::object& input, const py::object& weight,
+                           const py::object& bias, const py::object& running_mean,
+                           const py::object& running_var, std::optional<double> momentum,
+                           double eps, bool channels_last,
+                           std::optional<int64_t> num_batches_tracked) {
+  constexpr const char* fn = "batch_norm_train";
+  const py::array x = float_array(fn, "input", input);
+  auto r = is_float64(x)
+               ? train_impl<double>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                                    channels_last, num_batches_tracked, true)
+               : train_impl<float>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                                   channels_last, num_batches_tracked, true);
+  return py::make_tuple(r.y, r.save_mean, r.save_invstd);
+}
+
+py::tuple batch_norm_backward(const py::object& grad_output, const py::object& input,
+                              const py::object& weight, const py::object& save_mean,
+                              const py::object& save_invstd, bool channels_last) {
+  constexpr const char* fn = "batch_norm_backward";
+  const py::array x = float_array(fn, "input", input);
+  const py::array dy = float_array(fn, "grad_output", grad_output);
+  return is_float64(x) ? backward_impl<double>(fn, false, dy, x, weight, save_mean, save_invstd,
+                                               std::nullopt, channels_last)
+                       : backward_impl<float>(fn, false, dy, x, weight, save_mean, save_invstd,
+                                              std::nullopt, channels_last);
+}
+
+py::tuple batch_norm_backward_eval(const py::object& grad_output, const py::object& input,
+                                   const py::object& weight, const py::object& running_mean,
+                                   const py::object& running_var, double eps, bool channels_last) {
+  constexpr const char* fn = "batch_norm_backward_eval";
+  const py::array x = float_array(fn, "input", input);
+  const py::array dy = float_array(fn, "grad_output", grad_output);
+  return is_float64(x) ? backward_impl<double>(fn, true, dy, x, weight, running_mean, running_var,
+                                               eps, channels_last)
+                       : backward_impl<float>(fn, true, dy, x, weight, running_mean, running_var,
+                                              eps, channels_last);
+}
+
+constexpr const char* module_doc = R"doc(
+Batch normalization on the CPU with the semantics of torch.nn.functional.batch_norm.
+
+Arrays are NumPy arrays of dtype float32 or float64; every array of a call
+must have the dtype of ``input``. ``input`` has shape (N, C, *spatial), or is
+stored as (N, *spatial, C) when ``channels_last=True``. A C-contiguous input
+of the right dtype is read in place (no copy); anything else is copied once.
+The GIL is released while the kernels run. Bad arguments raise ValueError
+before anything is written, so running statistics are never half updated.
+)doc";
+
+constexpr const char* batch_norm_doc = R"doc(
+Batch normalization forward, like torch.nn.functional.batch_norm.
+
+Args:
+    input: (N, C, *spatial) array, or (N, *spatial, C) with channels_last=True.
+    running_mean, running_var: float arrays of shape (C,), or None. With
+        training=True they are updated in place (they must be writeable,
+        C-contiguous arrays of input's dtype); running_var tracks the
+        unbiased variance. With training=False they are required and used to
+        normalize.
+    weight, bias: (C,) arrays, or None (gamma = 1, beta = 0).
+    training: normalize with the batch statistics (needs N * prod(spatial) > 1)
+        instead of the running ones.
+    momentum: weight of this batch in the running statistics, in [0, 1];
+        None selects the cumulative moving average, which then needs
+        num_batches_tracked.
+    eps: added to the variance before the square root, > 0.
+    channels_last: input is stored as (N, *spatial, C).
+    num_batches_tracked: keyword only; batches seen including this one (>= 1).
+        Required when momentum is None and running statistics are updated.
+
+Returns:
+    The output, a new C-contiguous array of input's shape and dtype.
+
+Raises:
+    ValueError: naming the bad argument and its value (the C++ message for
+        the checks done by the core); nothing has been written.
+)doc";
+
+constexpr const char* batch_norm_train_doc = R"doc(
+Training forward that also returns what batch_norm_backward needs.
+
+Args:
+    input: (N, C, *spatial) array, or (N, *spatial, C) with channels_last=True;
+        needs N * prod(spatial) > 1.
+    weight, bias: (C,) arrays, or None.
+    running_mean, running_var: (C,) arrays updated in place, or None (both or
+        neither).
+    momentum, eps, channels_last, num_batches_tracked: as in batch_norm.
+
+Returns:
+    (output, save_mean, save_invstd): save_mean is the batch mean and
+    save_invstd is 1 / sqrt(biased batch variance + eps), both of shape (C,).
+
+Raises:
+    ValueError: as batch_norm; nothing has been written.
+)doc";
+
+constexpr const char* batch_norm_backward_doc = R"doc(
+Gradients of the training forward, through the batch mean and variance.
+
+Args:
+    grad_output: dL/dy, of input's shape and dtype.
+    input: the input of the forward, in the same layout.
+    weight: the (C,) weight of the forward, or None.
+    save_mean, save_invstd: what batch_norm_train returned.
+    channels_last: input and grad_output are stored as (N, *spatial, C).
+
+Returns:
+    (grad_input, grad_weight, grad_bias); grad_weight and grad_bias are None
+    when weight is None.
+
+Raises:
+    ValueError: naming the bad argument and its value.
+)doc";
+
+constexpr const char* batch_norm_backward_eval_doc = R"doc(
+Gradients of the inference forward (batch_norm with training=False).
+
+The running statistics are constants there, so grad_input is
+weight * grad_output / sqrt(running_var + eps), with no term through the
+batch moments.
+
+Args:
+    grad_output: dL/dy, of input's shape and dtype.
+    input: the input of the forward, in the same layout.
+    weight: the (C,) weight of the forward, or None.
+    running_mean, running_var: the (C,) statistics the forward used.
+    eps: as in the forward, > 0.
+    channels_last: input and grad_output are stored as (N, *spatial, C).
+
+Returns:
+    (grad_input, grad_weight, grad_bias); grad_weight and grad_bias are None
+    when weight is None.
+
+Raises:
+    ValueError: naming the bad argument and its value.
+)doc";
+
+}  // namespace
+
+PYBIND11_MODULE(_bnorm, m) {
+  m.doc() = module_doc;
+  m.attr("__version__") = BNORM_VERSION;
+  m.def("batch_norm", &batch_norm, batch_norm_doc, py::arg("input"),
+        py::arg("running_mean") = py::none(), py::arg("running_var") = py::none(),
+        py::arg("weight") = py::none(), py::arg("bias") = py::none(), py::arg("training") = false,
+        py::arg("momentum") = 0.1, py::arg("eps") = 1e-5, py::arg("channels_last") = false,
+        py::kw_only(), py::arg("num_batches_tracked") = py::none());
+  m.def("batch_norm_train", &batch_norm_train, batch_norm_train_doc, py::arg("input"),
+        py::arg("weight") = py::none(), py::arg("bias") = py::none(),
+        py::arg("running_mean") = py::none(), py::arg("running_var") = py::none(),
+        py::arg("momentum") = 0.1, py::arg("eps") = 1e-5, py::arg("channels_last") = false,
+        py::kw_only(), py::arg("num_batches_tracked") = py::none());
+  m.def("batch_norm_backward", &batch_norm_backward, batch_norm_backward_doc,
+        py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("save_mean"),
+        py::arg("save_invstd"), py::arg("channels_last") = false);
+  m.def("batch_norm_backward_eval", &batch_norm_backward_eval, batch_norm_backward_eval_doc,
+        py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("running_mean"),
+        py::arg("running_var"), py::arg("eps") = 1e-5, py::arg("channels_last") = false);
+}
