@@ -454,6 +454,11 @@ HWY_INLINE int64_t ForBlocks(int64_t c, F&& f) {
   return k0 + (c - k0) / N * N;
 }
 
+// Rows of the pilot mean: all of a short unit (an exact two-pass, whose float
+// partial sums then see no cancellation), else kFlushRows rows, which bounds
+// the cancellation by rows / kFlushRows and typically keeps it near 1.
+inline int64_t pilot_rows(int64_t rows) { return rows <= 16 * kFlushRows ? rows : kFlushRows; }
+
 // Wide rows: the block walks visit many rows at once, which the hardware
 // prefetchers follow poorly; a sequential sweep of prefetches first brings
 // the unit in at streaming speed.
@@ -464,9 +469,9 @@ HWY_INLINE void PrefetchRows(const float* x, int64_t c, int64_t r0, int64_t r1) 
   for (; p < end; p += 64) hwy::Prefetch(p);
 }
 
-// Per-channel mean and M2 of rows [r0, r1) in one pass over the unit,
-// centered on a pilot mean mu: the mean of the unit's first rows,
-// whose short sum pass leaves them in cache. Those p rows average to mu, so
+// Per-channel mean and M2 of rows [r0, r1), centered on a pilot mean mu: the
+// mean of the unit's first pilot_rows rows, whose sum pass leaves them in
+// cache (for a long unit, one pass over the rest). Those p rows average to mu, so
 // (mu - mean)^2 <= var * rows / p: the cancellation in
 // M2 = sum (x - mu)^2 - (sum (x - mu))^2 / rows is bounded whatever the data,
 // unlike a raw sum of squares.
@@ -476,9 +481,7 @@ void RowsUnitMoments(const float* x, int64_t c, int64_t r0, int64_t r1, double* 
   std::fill(mean, mean + c, 0.0);
   std::fill(m2, m2 + c, 0.0);
   std::fill(dev, dev + c, 0.0);
-  // A sixteenth of the unit (at most kFlushRows rows) keeps that bound at
-  // 16 and the pilot's cost small.
-  const int64_t pilot_end = r0 + std::clamp<int64_t>((r1 - r0) / 16, 1, kFlushRows);
+  const int64_t pilot_end = r0 + pilot_rows(r1 - r0);
   const int64_t tail =
       ForBlocks(c, [&]<int NV>(int64_t k0) { SumBlock<NV>(x, c, k0, r0, pilot_end, mean); });
   for (int64_t r = r0; r < pilot_end; ++r)
@@ -754,7 +757,7 @@ void ColumnForward(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t c
   std::fill(dev + k0, dev + k0 + W, 0.0);
   std::fill(sq + k0, sq + k0 + W, 0.0);
   // Pilot-centered single pass, as RowsUnitMoments.
-  const int64_t pilot = std::clamp<int64_t>(m / 16, 1, kFlushRows);
+  const int64_t pilot = pilot_rows(m);
   SumBlock<NV>(x, c, k0, 0, pilot, sum);
   for (int64_t k = k0; k < k0 + W; ++k) mu[k] = float(sum[k] / double(pilot));
   CenteredBlock<NV>(x, c, k0, 0, m, mu, dev, sq);
@@ -789,7 +792,7 @@ void ColumnForward(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t c
 // The channels past the last whole vector, in scalar code, same formulas.
 void ColumnForwardTail(const float* x, float* y, int64_t c, int64_t m, int64_t k0,
                        const ForwardOutputs& out) {
-  const int64_t pilot = std::clamp<int64_t>(m / 16, 1, kFlushRows);
+  const int64_t pilot = pilot_rows(m);
   for (int64_t k = k0; k < c; ++k) {
     double sum = 0;
     for (int64_t r = 0; r < pilot; ++r) sum += double(x[r * c + k]);
