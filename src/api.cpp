@@ -29,22 +29,8 @@ void forward_training(const Shape& shape, const T* x, const T* weight, const T* 
   detail::check_eps(fn, options.eps);
   detail::check_not_null(fn, x, "x");
   detail::check_not_null(fn, y, "y");
-  if ((running_mean == nullptr) != (running_var == nullptr))
-    detail::fail(fn, std::string("running_mean and running_var must both be given or both null, "
-                                 "got running_") +
-                         (running_mean == nullptr ? "mean null" : "var null"));
+  const double factor = detail::running_factor(fn, options, running_mean, running_var);
   const bool track = running_mean != nullptr;
-  double factor = 0;
-  if (options.momentum) {
-    factor = *options.momentum;
-    if (!std::isfinite(factor) || factor < 0 || factor > 1)
-      detail::fail(fn, "momentum must be in [0, 1], got " + std::to_string(factor));
-  } else if (track) {
-    if (options.num_batches_tracked < 1)
-      detail::fail(fn, "momentum is nullopt (cumulative average) but num_batches_tracked is " +
-                           std::to_string(options.num_batches_tracked) + ", expected >= 1");
-    factor = 1.0 / double(options.num_batches_tracked);
-  }
 
   if constexpr (std::is_same_v<T, float>) {
     // One fused call: statistics, y, saved and running statistics.

@@ -67,20 +67,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
     detail::check_eps(fn, options.eps);
     check_data(fn, local, x, "x");
     check_data(fn, local, y, "y");
-    if ((running_mean == nullptr) != (running_var == nullptr))
-      detail::fail(fn, std::string("running_mean and running_var must both be given or both "
-                                   "null, got running_") +
-                           (running_mean == nullptr ? "mean null" : "var null"));
-    if (options.momentum) {
-      factor = *options.momentum;
-      if (!std::isfinite(factor) || factor < 0 || factor > 1)
-        detail::fail(fn, "momentum must be in [0, 1], got " + std::to_string(factor));
-    } else if (track) {
-      if (options.num_batches_tracked < 1)
-        detail::fail(fn, "momentum is nullopt (cumulative average) but num_batches_tracked is " +
-                             std::to_string(options.num_batches_tracked) + ", expected >= 1");
-      factor = 1.0 / double(options.num_batches_tracked);
-    }
+    factor = detail::running_factor(fn, options, running_mean, running_var);
   });
   mine.set(Field::c, local.c);
   mine.set(Field::layout, static_cast<int64_t>(local.layout));
