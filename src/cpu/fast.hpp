@@ -1,5 +1,5 @@
 // The float32 fast path: Highway kernels compiled for every x86 target and
-// chosen at run time (src/cpu/fast.cpp), OpenMP threads, fused passes.
+// chosen at run time (src/cpu/fast_*.cpp), OpenMP threads, fused passes.
 //
 // Determinism: every reduction is split into work units that depend only on
 // the shape (never on the thread count); each unit's partial result lands in

@@ -1,0 +1,130 @@
+// y = (x - mu_k) * scale_k + shift_k for float32 tensors: inference, and the
+// normalize pass of the training forward where a channel does not fit one
+// unit. One read of x, one write of y; outputs too large to stay in cache go
+// out with non-temporal stores, which skip the read-for-ownership.
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/fast_normalize.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/highway.h>
+#include "src/cpu/fast_common-inl.h"
+// clang-format on
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm::cpu {
+namespace HWY_NAMESPACE {
+
+// y = (x - mu) * scale + shift over [0, len). stream: y is vector-aligned
+// (stream_output checked it).
+void NormalizeSpan(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t len, float mu,
+                   float scale, float shift, bool stream) {
+  const DF d;
+  const int64_t N = int64_t(hn::Lanes(d));
+  const VF vmu = hn::Set(d, mu), va = hn::Set(d, scale), vb = hn::Set(d, shift);
+  int64_t j = 0;
+  if (stream) {
+    for (; j + N <= len; j += N)
+      hn::Stream(hn::MulAdd(hn::Sub(hn::LoadU(d, x + j), vmu), va, vb), d, y + j);
+  } else {
+    for (; j + N <= len; j += N)
+      hn::StoreU(hn::MulAdd(hn::Sub(hn::LoadU(d, x + j), vmu), va, vb), d, y + j);
+  }
+  if (j == len) return;
+  if constexpr (kMaskedTail) {
+    const auto m = hn::FirstN(d, size_t(len - j));
+    hn::BlendedStore(hn::MulAdd(hn::Sub(hn::MaskedLoad(m, d, x + j), vmu), va, vb), m, d, y + j);
+  } else {
+    for (; j < len; ++j) y[j] = (x[j] - mu) * scale + shift;
+  }
+}
+
+void NormalizeAll(const Shape& shape, const float* x, const float* mu, const float* scale,
+                  const float* shift, float* y) {
+  const int nt = threads_for(shape);
+  const bool stream = stream_output(shape, y);
+  const int64_t c = shape.c;
+  if (!rows_layout(shape)) {
+    const int64_t planes = shape.n * c, s = shape.s;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t p = 0; p < planes; ++p) {
+      const int64_t k = p % c;
+      NormalizeSpan(x + p * s, y + p * s, s, mu[k], scale[k], shift[k], stream);
+    }
+  } else {
+    const DF d;
+    const int64_t N = int64_t(hn::Lanes(d));
+    const int64_t rows = shape.m();
+    if (c % N == 0 && c <= 4 * N) {
+      // Narrow rows: the parameters stay in registers.
+      ForBlocks(c, [&]<int NV>(int64_t) {
+        VF vmu[4], va[4], vb[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const int64_t k = v < NV ? v * N : 0;
+          vmu[v] = hn::LoadU(d, mu + k);
+          va[v] = hn::LoadU(d, scale + k);
+          vb[v] = hn::LoadU(d, shift + k);
+        }
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int64_t r = 0; r < rows; ++r)
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) {
+            const VF out =
+                hn::MulAdd(hn::Sub(hn::LoadU(d, x + r * c + v * N), vmu[v]), va[v], vb[v]);
+            if (stream) {
+              hn::Stream(out, d, y + r * c + v * N);
+            } else {
+              hn::StoreU(out, d, y + r * c + v * N);
+            }
+          }
+      });
+      if (stream) hwy::FlushStream();
+      return;
+    }
+    const float* HWY_RESTRICT pm = mu;
+    const float* HWY_RESTRICT ps = scale;
+    const float* HWY_RESTRICT pb = shift;
+#pragma omp parallel for schedule(static) num_threads(nt) firstprivate(pm, ps, pb)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* HWY_RESTRICT xr = x + r * c;
+      float* HWY_RESTRICT yr = y + r * c;
+      // stream implies aligned rows of whole vectors (stream_output).
+      int64_t k = 0;
+      if (stream) {
+        for (; k + N <= c; k += N)
+          hn::Stream(hn::MulAdd(hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, pm + k)),
+                                hn::LoadU(d, ps + k), hn::LoadU(d, pb + k)),
+                     d, yr + k);
+      } else {
+        for (; k + N <= c; k += N)
+          hn::StoreU(hn::MulAdd(hn::Sub(hn::LoadU(d, xr + k), hn::LoadU(d, pm + k)),
+                                hn::LoadU(d, ps + k), hn::LoadU(d, pb + k)),
+                     d, yr + k);
+      }
+      for (; k < c; ++k) yr[k] = (xr[k] - pm[k]) * ps[k] + pb[k];
+    }
+  }
+  if (stream) hwy::FlushStream();
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace bnorm::cpu {
+
+HWY_EXPORT(NormalizeAll);
+
+void normalize_f32(const Shape& shape, const float* x, const float* mu, const float* scale,
+                   const float* shift, float* y) {
+  HWY_DYNAMIC_DISPATCH(NormalizeAll)(shape, x, mu, scale, shift, y);
+}
+
+}  // namespace bnorm::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,104 @@
+// Work units, thresholds and buffers of the float32 fast path, shared by its
+// translation units (fast_statistics.cpp, fast_normalize.cpp,
+// fast_forward.cpp, fast_backward.cpp). Nothing here depends on the SIMD
+// target: a unit is fixed by the shape alone, which is what makes the
+// results independent of the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "fast.hpp"
+
+namespace bnorm::cpu {
+
+// A unit that reads at most this much stays in cache between its passes.
+constexpr int64_t kFuseBytes = int64_t(2) << 20;
+// Target size of a unit that is merged with others afterwards.
+constexpr int64_t kUnitBytes = int64_t(256) << 10;
+// Below this many bytes per tensor, threads cost more than they save.
+constexpr int64_t kMinParallelBytes = int64_t(256) << 10;
+// Outputs beyond this are streamed past the caches (x, y and more no longer
+// fit the 32 MiB L3 together).
+constexpr int64_t kStreamBytes = int64_t(12) << 20;
+
+// NCHW (s > 1) work units: channel k, samples [g * group, (g + 1) * group).
+struct NchwPlan {
+  int64_t group = 1;
+  int64_t groups = 1;
+  bool whole_channel() const { return groups == 1; }
+};
+
+// tensors: how many inputs a unit reads (1 forward, 2 backward).
+inline NchwPlan nchw_plan(const Shape& shape, int64_t tensors) {
+  const int64_t plane_bytes = shape.s * int64_t(sizeof(float)) * tensors;
+  NchwPlan p;
+  if (shape.n * plane_bytes <= kFuseBytes) {
+    p.group = shape.n;
+  } else {
+    p.group = std::max<int64_t>(1, kUnitBytes / plane_bytes);
+  }
+  p.groups = (shape.n + p.group - 1) / p.group;
+  return p;
+}
+
+// Row units (NHWC and 2-D): a multiple of the flush interval, about kUnitBytes.
+constexpr int64_t kFlushRows = 32;
+inline int64_t rows_per_unit(int64_t c) {
+  const int64_t rows = kUnitBytes / (c * int64_t(sizeof(float)));
+  return std::max<int64_t>(kFlushRows, rows / kFlushRows * kFlushRows);
+}
+
+// Rows layouts with few rows: a unit can be a block of channels over all the
+// rows (at most 64 channels, 256 bytes a row, times the inputs it reads) and
+// still fit kFuseBytes, so each channel's statistics and its y (or dx) come
+// out of one unit, as for NCHW channels.
+inline bool column_units(const Shape& shape, int64_t tensors) {
+  return shape.m() * 256 * tensors <= 2 * kFuseBytes;
+}
+
+inline bool rows_layout(const Shape& shape) { return shape.layout == Layout::NHWC || shape.s == 1; }
+
+inline int threads_for(const Shape& shape) {
+  return shape.numel() * int64_t(sizeof(float)) >= kMinParallelBytes ? thread_count() : 1;
+}
+
+// Only when the output rows (NHWC) or planes (NCHW) all start on a 64-byte
+// boundary: peeling scalar heads off every row would cost more than the
+// read-for-ownership saves.
+inline bool stream_output(const Shape& shape, const float* out) {
+  const int64_t run = rows_layout(shape) ? shape.c : shape.s;
+  return shape.numel() * int64_t(sizeof(float)) >= kStreamBytes &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0 && run % 16 == 0;
+}
+
+// Per-thread buffers that outlive the call: fresh pages for partial results
+// on every call would cost more than the work on small shapes. Slot tells
+// apart the buffers one thread needs at once.
+template <class T, int Slot>
+inline T* scratch(int64_t count) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < size_t(count)) buffer.resize(size_t(count));
+  return buffer.data();
+}
+
+// Count, mean and sum of squared deviations of one unit, merged with Chan's
+
+// Rows of the pilot mean: all of a short unit (an exact two-pass, whose float
+// partial sums then see no cancellation), else kFlushRows rows, which bounds
+// the cancellation by rows / kFlushRows and typically keeps it near 1.
+inline int64_t pilot_rows(int64_t rows) { return rows <= 16 * kFlushRows ? rows : kFlushRows; }
+
+// formula.
+struct Moments {
+  double count = 0, mean = 0, m2 = 0;
+};
+inline Moments merge(const Moments& a, const Moments& b) {
+  if (a.count == 0) return b;
+  const double count = a.count + b.count, delta = b.mean - a.mean;
+  return {count, a.mean + delta * (b.count / count),
+          a.m2 + b.m2 + delta * delta * (a.count * b.count / count)};
+}
+
+}  // namespace bnorm::cpu
