@@ -231,14 +231,12 @@ void DxAll(const Shape& shape, const float* dy, const float* x, const float* mu,
 template <int NV>
 void ColumnBackward(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x,
                     float* HWY_RESTRICT dx, int64_t c, int64_t m, int64_t k0,
-                    const BackwardOutputs& out, bool stream) {
+                    const BackwardOutputs& out, bool stream, float* HWY_RESTRICT a,
+                    float* HWY_RESTRICT b, float* HWY_RESTRICT cc) {
   const DF d;
   const int64_t N = int64_t(hn::Lanes(d)), W = NV * N;
   double* sum_dy = scratch<double, 4>(c);
   double* sum_dy_xmu = scratch<double, 5>(c);
-  float* a = scratch<float, 7>(c);
-  float* b = scratch<float, 8>(c);
-  float* cc = scratch<float, 9>(c);
   std::fill(sum_dy + k0, sum_dy + k0 + W, 0.0);
   std::fill(sum_dy_xmu + k0, sum_dy_xmu + k0 + W, 0.0);
   DotBlock<NV>(dy, x, c, k0, 0, m, out.mean, sum_dy, sum_dy_xmu);
@@ -272,7 +270,7 @@ void ColumnBackward(const float* HWY_RESTRICT dy, const float* HWY_RESTRICT x,
 }
 
 void ColumnBackwardTail(const float* dy, const float* x, float* dx, int64_t c, int64_t m,
-                        int64_t k0, const BackwardOutputs& out) {
+                        int64_t k0, const BackwardOutputs& out, float* a, float* b, float* cc) {
   for (int64_t k = k0; k < c; ++k) {
     const float mu = out.mean[k];
     double sdy = 0, sdyxm = 0;
@@ -280,11 +278,10 @@ void ColumnBackwardTail(const float* dy, const float* x, float* dx, int64_t c, i
       sdy += double(dy[r * c + k]);
       sdyxm += double(dy[r * c + k]) * double(x[r * c + k] - mu);
     }
-    float a, b, cc;
-    finish_backward_channel(out, double(m), k, sdy, sdyxm, a, b, cc);
+    finish_backward_channel(out, double(m), k, sdy, sdyxm, a[k], b[k], cc[k]);
     if (dx)
       for (int64_t r = 0; r < m; ++r)
-        dx[r * c + k] = a * dy[r * c + k] + (b * (x[r * c + k] - mu) + cc);
+        dx[r * c + k] = a[k] * dy[r * c + k] + (b[k] * (x[r * c + k] - mu) + cc[k]);
   }
 }
 
@@ -315,9 +312,23 @@ void Backward(const Shape& shape, const float* dy, const float* x, float* dx,
   if (rows_layout(shape) && column_units(shape, 2)) {
     const bool stream = dx && stream_output(shape, dx);
     const int64_t rows = shape.m();
+    std::vector<float> a(static_cast<size_t>(c)), b(static_cast<size_t>(c)),
+        cc(static_cast<size_t>(c));
+    // Rows of a page or more: dx goes row by row (DxAll), as in the forward.
+    const bool split = c * int64_t(sizeof(float)) >= 4096;
+    float* dxc = split ? nullptr : dx;
     ForColumns(
-        shape, [&]<int NV>(int64_t k0) { ColumnBackward<NV>(dy, x, dx, c, rows, k0, out, stream); },
-        [&](int64_t k0) { ColumnBackwardTail(dy, x, dx, c, rows, k0, out); });
+        shape,
+        [&]<int NV>(int64_t k0) {
+          ColumnBackward<NV>(dy, x, dxc, c, rows, k0, out, stream, a.data(), b.data(), cc.data());
+        },
+        [&](int64_t k0) {
+          ColumnBackwardTail(dy, x, dxc, c, rows, k0, out, a.data(), b.data(), cc.data());
+        });
+    if (split && dx) {
+      DxAll(shape, dy, x, mu, a.data(), b.data(), cc.data(), dx);
+      return;
+    }
     if (stream) hwy::FlushStream();
     return;
   }
