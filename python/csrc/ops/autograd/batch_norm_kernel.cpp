@@ -207,6 +207,8 @@ class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
     ctx->save_for_backward({grad_out, input, weight.value_or(at::Tensor()), mean, invstd});
     ctx->saved_data["train"] = train;
     save_mask(ctx, grad_out.requires_grad(), input.requires_grad(), wants_grad(weight));
+    ctx->saved_data["outputs"] = c10::List<bool>({output_mask[0], output_mask[1], output_mask[2]});
+    ctx->set_materialize_grads(false);
     // A node's outputs must be defined: gradients output_mask did not ask
     // for travel as empty tensors and are dropped again by the caller.
     auto placeholder = [&](const at::Tensor& t) {
@@ -219,6 +221,11 @@ class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask = saved_mask(ctx);
     variable_list out(10);
+    // Gradients reaching the placeholders of outputs nobody asked for are
+    // not gradients of anything.
+    const auto outputs = ctx->saved_data["outputs"].toBoolList();
+    for (size_t i = 0; i < 3; ++i)
+      if (!outputs[i]) grads[i] = at::Tensor();
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return out;
     // The saved statistics are constants here; their dependence on x in
     // training is part of the formula.
