@@ -9,7 +9,7 @@ packages=(
   # vectorized kernels and threads (libgomp comes with g++)
   libhwy-dev
   # Python module and its oracle
-  python3-dev pybind11-dev python3-numpy python3-pytest python3-torch
+  python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-torchvision python3-onnx
   # synchronized batch norm
   libopenmpi-dev openmpi-bin
   # training demo
