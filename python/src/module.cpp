@@ -13,9 +13,23 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace py = pybind11;
+
+// NumPy's float16 (NPY_HALF) as bnorm::float16, so that py::array_t
+// checks, converts and allocates float16 arrays like the others.
+namespace pybind11::detail {
+template <>
+struct npy_format_descriptor<bnorm::float16> {
+  static constexpr auto name = const_name("float16");
+  static pybind11::dtype dtype() {
+    constexpr int npy_half = 23;  // NPY_HALF in numpy/ndarraytypes.h
+    return reinterpret_steal<pybind11::dtype>(npy_api::get().PyArray_DescrFromType_(npy_half));
+  }
+};
+}  // namespace pybind11::detail
 
 namespace {
 
@@ -41,17 +55,30 @@ std::string shape_str(const py::array& a) {
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-bool is_float64(const py::array& a) { return a.dtype().itemsize() == 8; }
-
-// The tensor argument that fixes the dtype of the call: float32 or float64.
+// The tensor argument that fixes the dtype of the call: float16, float32 or
+// float64.
 py::array float_array(const char* fn, const char* name, const py::handle& obj) {
   if (obj.is_none()) fail(fn, std::string(name) + " must be an array, got None");
   py::array a = py::array::ensure(obj);
   if (!a) fail(fn, std::string(name) + " must be convertible to a NumPy array");
   const auto dt = a.dtype();
-  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
-    fail(fn, std::string(name) + " must have dtype float32 or float64, got " + dtype_str(a));
+  if (dt.kind() != 'f' || (dt.itemsize() != 2 && dt.itemsize() != 4 && dt.itemsize() != 8))
+    fail(fn,
+         std::string(name) + " must have dtype float16, float32 or float64, got " + dtype_str(a));
   return a;
+}
+
+// f.template operator()<T>() for the element type of x.
+template <class F>
+decltype(auto) by_dtype(const py::array& x, F&& f) {
+  switch (x.dtype().itemsize()) {
+    case 8:
+      return f.template operator()<double>();
+    case 2:
+      return f.template operator()<bnorm::float16>();
+    default:
+      return f.template operator()<float>();
+  }
 }
 
 // input of shape (N, C, *spatial), or (N, *spatial, C) when channels_last.
@@ -78,12 +105,21 @@ Array<T> tensor(const char* fn, const char* name, const py::array& a) {
   return out;
 }
 
+// a has dtype T: input's, or for a per-channel array P = param_t of input's
+// (float32 for float16 input, as torch's mixed-precision batch norm).
 template <class T>
-void check_same_dtype(const char* fn, const char* name, const py::array& a) {
+void check_same_dtype(const char* fn, const char* name, const py::array& a,
+                      const char* why = " like input") {
   if (!py::array_t<T>::check_(a))
     fail(fn, std::string(name) + " must have dtype " +
-                 py::str(py::dtype::of<T>()).cast<std::string>() + " like input, got " +
-                 dtype_str(a));
+                 py::str(py::dtype::of<T>()).cast<std::string>() + why + ", got " + dtype_str(a));
+}
+
+// Why per-channel arrays of input type T have dtype param_t<T>.
+template <class T>
+const char* param_why() {
+  return std::is_same_v<T, bnorm::float16> ? " (per-channel arrays of float16 input are float32)"
+                                           : " like input";
 }
 
 void check_channels(const char* fn, const char* name, const py::array& a, int64_t c) {
@@ -92,35 +128,36 @@ void check_channels(const char* fn, const char* name, const py::array& a, int64_
                  ",) (one value per channel), got " + shape_str(a));
 }
 
-// A read-only per-channel array (weight, bias, saved statistics), or None.
-template <class T>
-std::optional<Array<T>> channel_param(const char* fn, const char* name, const py::handle& obj,
+// A read-only per-channel array (weight, bias, saved statistics) of
+// param_t<T> for input type T, or None.
+template <class T, class P = bnorm::param_t<T>>
+std::optional<Array<P>> channel_param(const char* fn, const char* name, const py::handle& obj,
                                       int64_t c) {
   if (obj.is_none()) return std::nullopt;
   py::array a = py::array::ensure(obj);
   if (!a) fail(fn, std::string(name) + " must be None or convertible to a NumPy array");
-  check_same_dtype<T>(fn, name, a);
+  check_same_dtype<P>(fn, name, a, param_why<T>());
   check_channels(fn, name, a, c);
-  return tensor<T>(fn, name, a);
+  return tensor<P>(fn, name, a);
 }
 
 // A running statistic, updated in place: it must be the caller's own array,
 // since a converted copy would silently drop the update.
-template <class T>
-std::optional<Array<T>> running_stat(const char* fn, const char* name, const py::handle& obj,
+template <class T, class P = bnorm::param_t<T>>
+std::optional<Array<P>> running_stat(const char* fn, const char* name, const py::handle& obj,
                                      int64_t c) {
   if (obj.is_none()) return std::nullopt;
   if (!py::isinstance<py::array>(obj))
     fail(fn, std::string(name) + " must be a NumPy array (it is updated in place), got " +
                  py::str(py::type::of(obj)).cast<std::string>());
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  check_same_dtype<T>(fn, name, a);
+  check_same_dtype<P>(fn, name, a, param_why<T>());
   check_channels(fn, name, a, c);
   if (!a.writeable()) fail(fn, std::string(name) + " must be writeable (it is updated in place)");
   if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
     fail(fn, std::string(name) + " must be contiguous and aligned (it is updated in place), " +
                  "got strides (" + std::to_string(a.strides(0)) + ",)");
-  return Array<T>::ensure(a);
+  return Array<P>::ensure(a);
 }
 
 template <class T>
@@ -170,7 +207,7 @@ TrainResult train_impl(const char* fn, const py::array& input, const py::handle&
   const bnorm::Options options{eps, momentum,
                                batches_for(fn, rm && rv, momentum, num_batches_tracked)};
   Array<T> y = empty_like(x);
-  std::optional<Array<T>> mean, invstd;
+  std::optional<Array<bnorm::param_t<T>>> mean, invstd;
   if (want_saved) {
     mean.emplace(shape.c);
     invstd.emplace(shape.c);
@@ -227,17 +264,18 @@ py::tuple backward_impl(const char* fn, bool frozen, const py::array& grad_outpu
   const auto spread = channel_param<T>(fn, spread_name, invstd_or_var, shape.c);
   if (!mu) fail(fn, std::string(mean_name) + " must be an array, got None");
   if (!spread) fail(fn, std::string(spread_name) + " must be an array, got None");
-  Array<T> invstd = *spread;
+  using P = bnorm::param_t<T>;
+  Array<P> invstd = *spread;
   if (frozen) {
     if (!std::isfinite(*eps) || *eps <= 0)
       fail(fn, "eps must be finite and > 0, got " + std::to_string(*eps));
-    invstd = Array<T>(shape.c);
-    T* out = invstd.mutable_data();
+    invstd = Array<P>(shape.c);
+    P* out = invstd.mutable_data();
     for (int64_t k = 0; k < shape.c; ++k)
-      out[k] = T(1.0 / std::sqrt(double(spread->data()[k]) + *eps));
+      out[k] = P(1.0 / std::sqrt(double(spread->data()[k]) + *eps));
   }
   Array<T> dx = empty_like(x);
-  std::optional<Array<T>> dweight, dbias;
+  std::optional<Array<P>> dweight, dbias;
   if (w) {
     dweight.emplace(shape.c);
     dbias.emplace(shape.c);
@@ -259,17 +297,13 @@ py::object batch_norm(const py::object& input, const py::object& running_mean,
                       double eps, bool channels_last, std::optional<int64_t> num_batches_tracked) {
   constexpr const char* fn = "batch_norm";
   const py::array x = float_array(fn, "input", input);
-  if (training) {
-    auto r = is_float64(x)
-                 ? train_impl<double>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
-                                      channels_last, num_batches_tracked, false)
-                 : train_impl<float>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
-                                     channels_last, num_batches_tracked, false);
-    return r.y;
-  }
-  return is_float64(x)
-             ? eval_impl<double>(fn, x, running_mean, running_var, weight, bias, eps, channels_last)
-             : eval_impl<float>(fn, x, running_mean, running_var, weight, bias, eps, channels_last);
+  return by_dtype(x, [&]<class T>() -> py::object {
+    if (training)
+      return train_impl<T>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                           channels_last, num_batches_tracked, false)
+          .y;
+    return eval_impl<T>(fn, x, running_mean, running_var, weight, bias, eps, channels_last);
+  });
 }
 
 py::tuple batch_norm_train(const py::object& input, const py::object& weight,
@@ -279,11 +313,10 @@ py::tuple batch_norm_train(const py::object& input, const py::object& weight,
                            std::optional<int64_t> num_batches_tracked) {
   constexpr const char* fn = "batch_norm_train";
   const py::array x = float_array(fn, "input", input);
-  auto r = is_float64(x)
-               ? train_impl<double>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
-                                    channels_last, num_batches_tracked, true)
-               : train_impl<float>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
-                                   channels_last, num_batches_tracked, true);
+  auto r = by_dtype(x, [&]<class T>() {
+    return train_impl<T>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                         channels_last, num_batches_tracked, true);
+  });
   return py::make_tuple(r.y, r.save_mean, r.save_invstd);
 }
 
@@ -293,10 +326,10 @@ py::tuple batch_norm_backward(const py::object& grad_output, const py::object& i
   constexpr const char* fn = "batch_norm_backward";
   const py::array x = float_array(fn, "input", input);
   const py::array dy = float_array(fn, "grad_output", grad_output);
-  return is_float64(x) ? backward_impl<double>(fn, false, dy, x, weight, save_mean, save_invstd,
-                                               std::nullopt, channels_last)
-                       : backward_impl<float>(fn, false, dy, x, weight, save_mean, save_invstd,
-                                              std::nullopt, channels_last);
+  return by_dtype(x, [&]<class T>() {
+    return backward_impl<T>(fn, false, dy, x, weight, save_mean, save_invstd, std::nullopt,
+                            channels_last);
+  });
 }
 
 py::tuple batch_norm_backward_eval(const py::object& grad_output, const py::object& input,
@@ -305,17 +338,20 @@ py::tuple batch_norm_backward_eval(const py::object& grad_output, const py::obje
   constexpr const char* fn = "batch_norm_backward_eval";
   const py::array x = float_array(fn, "input", input);
   const py::array dy = float_array(fn, "grad_output", grad_output);
-  return is_float64(x) ? backward_impl<double>(fn, true, dy, x, weight, running_mean, running_var,
-                                               eps, channels_last)
-                       : backward_impl<float>(fn, true, dy, x, weight, running_mean, running_var,
-                                              eps, channels_last);
+  return by_dtype(x, [&]<class T>() {
+    return backward_impl<T>(fn, true, dy, x, weight, running_mean, running_var, eps, channels_last);
+  });
 }
 
 constexpr const char* module_doc = R"doc(
 Batch normalization on the CPU with the semantics of torch.nn.functional.batch_norm.
 
-Arrays are NumPy arrays of dtype float32 or float64; every array of a call
-must have the dtype of ``input``. ``input`` has shape (N, C, *spatial), or is
+Arrays are NumPy arrays of dtype float16, float32 or float64; every array of
+a call must have the dtype of ``input``, except that float16 input takes
+float32 per-channel arrays (weight, bias, running and saved statistics) and
+returns float32 statistics and parameter gradients, as torch's
+mixed-precision batch norm: float16 values are computed in float32 and
+rounded once to float16. ``input`` has shape (N, C, *spatial), or is
 stored as (N, *spatial, C) when ``channels_last=True``. A C-contiguous input
 of the right dtype is read in place (no copy); anything else is copied once.
 The GIL is released while the kernels run. Bad arguments raise ValueError

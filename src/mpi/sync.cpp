@@ -40,7 +40,10 @@ void check_data(const char* fn, const Shape& shape, const void* p, const char* n
 
 template <class T>
 constexpr int64_t dtype_code() {
-  return std::is_same_v<T, float> ? 1 : 2;
+  if constexpr (std::is_same_v<T, float>) return 1;
+  if constexpr (std::is_same_v<T, double>) return 2;
+  if constexpr (std::is_same_v<T, bfloat16>) return 3;
+  return 4;
 }
 
 int64_t bits(double v) {
@@ -53,9 +56,12 @@ int64_t bits(double v) {
 
 template <class T>
 void forward_training_checked(const char* fn, const std::function<void()>& extra_check,
-                              MPI_Comm comm, const Shape& local, const T* x, const T* weight,
-                              const T* bias, T* y, T* save_mean, T* save_invstd, T* running_mean,
-                              T* running_var, const Options& options) {
+                              MPI_Comm comm, const Shape& local, const T* x,
+                              const param_t<T>* weight, const param_t<T>* bias, T* y,
+                              param_t<T>* save_mean, param_t<T>* save_invstd,
+                              param_t<T>* running_mean, param_t<T>* running_var,
+                              const Options& options) {
+  using P = param_t<T>;
   Agreement mine;
   double factor = 0;
   const bool track = running_mean != nullptr;
@@ -108,21 +114,23 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
   }
   if (local.n > 0) cpu::normalize(local, x, mean.data(), scale.data(), shift.data(), y);
   for (size_t k = 0; k < cs; ++k) {
-    if (save_mean) save_mean[k] = T(mean[k]);
-    if (save_invstd) save_invstd[k] = T(invstd[k]);
+    if (save_mean) save_mean[k] = P(mean[k]);
+    if (save_invstd) save_invstd[k] = P(invstd[k]);
     if (track) {
       // The unbiased variance M2 / (m - 1) written as the core writes it.
       const double var = stats[k].m2 / m;
-      running_mean[k] = T((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = T((1 - factor) * double(running_var[k]) + factor * var * m / (m - 1));
+      running_mean[k] = P((1 - factor) * double(running_mean[k]) + factor * mean[k]);
+      running_var[k] = P((1 - factor) * double(running_var[k]) + factor * var * m / (m - 1));
     }
   }
 }
 
 template <class T>
 void backward_checked(const char* fn, const std::function<void()>& extra_check, MPI_Comm comm,
-                      const Shape& local, const T* dy, const T* x, const T* weight,
-                      const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias) {
+                      const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+                      const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+                      param_t<T>* dweight, param_t<T>* dbias) {
+  using P = param_t<T>;
   Agreement mine;
   mine.local_error = local_error([&] {
     extra_check();
@@ -151,8 +159,8 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
   std::vector<double> a(cs), b(cs), cc(cs);
   for (size_t k = 0; k < cs; ++k) {
     const double invstd = double(save_invstd[k]);
-    if (dweight) dweight[k] = T(sums[k].dy_xhat);
-    if (dbias) dbias[k] = T(sums[k].dy);
+    if (dweight) dweight[k] = P(sums[k].dy_xhat);
+    if (dbias) dbias[k] = P(sums[k].dy);
     const double g_invstd = param(weight, int64_t(k), 1.0) * invstd;
     a[k] = g_invstd;
     b[k] = -g_invstd * invstd * sums[k].dy_xhat / m;
@@ -163,17 +171,18 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
 }
 
 template <class T>
-void forward_training(MPI_Comm comm, const Shape& local, const T* x, const T* weight, const T* bias,
-                      T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
-                      const Options& options) {
+void forward_training(MPI_Comm comm, const Shape& local, const T* x, const param_t<T>* weight,
+                      const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
+                      param_t<T>* running_mean, param_t<T>* running_var, const Options& options) {
   forward_training_checked(
       "mpi::forward_training", [] {}, comm, local, x, weight, bias, y, save_mean, save_invstd,
       running_mean, running_var, options);
 }
 
 template <class T>
-void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const T* weight,
-              const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias) {
+void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+              const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+              param_t<T>* dweight, param_t<T>* dbias) {
   backward_checked(
       "mpi::backward", [] {}, comm, local, dy, x, weight, save_mean, save_invstd, dx, dweight,
       dbias);
@@ -181,17 +190,21 @@ void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const 
 
 #define BNORM_MPI_INSTANTIATE(T)                                                                  \
   template void forward_training_checked<T>(const char*, const std::function<void()>&, MPI_Comm,  \
-                                            const Shape&, const T*, const T*, const T*, T*, T*,   \
-                                            T*, T*, T*, const Options&);                          \
-  template void backward_checked<T>(const char*, const std::function<void()>&, MPI_Comm,          \
-                                    const Shape&, const T*, const T*, const T*, const T*,         \
-                                    const T*, T*, T*, T*);                                        \
-  template void forward_training<T>(MPI_Comm, const Shape&, const T*, const T*, const T*, T*, T*, \
-                                    T*, T*, T*, const Options&);                                  \
-  template void backward<T>(MPI_Comm, const Shape&, const T*, const T*, const T*, const T*,       \
-                            const T*, T*, T*, T*);
+                                            const Shape&, const T*, const param_t<T>*,            \
+                                            const param_t<T>*, T*, param_t<T>*, param_t<T>*,      \
+                                            param_t<T>*, param_t<T>*, const Options&);            \
+  template void backward_checked<T>(                                                              \
+      const char*, const std::function<void()>&, MPI_Comm, const Shape&, const T*, const T*,      \
+      const param_t<T>*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);     \
+  template void forward_training<T>(MPI_Comm, const Shape&, const T*, const param_t<T>*,          \
+                                    const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*, \
+                                    param_t<T>*, const Options&);                                 \
+  template void backward<T>(MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*,        \
+                            const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);
 BNORM_MPI_INSTANTIATE(float)
 BNORM_MPI_INSTANTIATE(double)
+BNORM_MPI_INSTANTIATE(bfloat16)
+BNORM_MPI_INSTANTIATE(float16)
 #undef BNORM_MPI_INSTANTIATE
 
 }  // namespace bnorm::mpi
