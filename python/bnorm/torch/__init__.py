@@ -11,6 +11,8 @@ functorch's batching see them like any ATen operator. On top of them:
 - ``batch_norm``: ``torch.nn.functional.batch_norm``'s signature;
 - ``convert(module)``: every ``torch.nn.BatchNormXd`` in a model replaced by
   bnorm's, state and training flag carried over;
+- ``SyncBatchNorm``: torch.nn.SyncBatchNorm on the CPU, over torch.distributed
+  (gloo), with ``SyncBatchNorm.convert_sync_batchnorm``;
 - an ONNX symbolic, so ``torch.onnx.export`` writes a standard
   ``BatchNormalization`` node for bnorm's op in eval mode.
 
@@ -23,6 +25,8 @@ from ._ops import library_path
 from .convert import convert
 from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .sync import SyncBatchNorm
 from . import onnx as _onnx  # registers the ONNX symbolic
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "convert", "library_path"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "batch_norm", "convert",
+           "library_path"]
