@@ -6,6 +6,7 @@
 
 #include "cpu/fast.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/renorm.hpp"
 #include "validate.hpp"
 
 namespace bnorm {
@@ -17,11 +18,21 @@ double param(const auto* p, int64_t k, double fallback) {
 
 }  // namespace
 
+namespace {
+
+// Batch Renormalization's part of a training forward (null for batch norm).
 template <class T>
-void forward_training(const Shape& shape, const T* x, const T* weight, const T* bias, T* y,
-                      T* save_mean, T* save_invstd, T* running_mean, T* running_var,
-                      const Options& options) {
-  constexpr const char* fn = "forward_training";
+struct RenormArgs {
+  RenormLimits limits;
+  T* r = nullptr;
+  T* d = nullptr;
+};
+
+// The checks of a training forward on this shape, before anything is written.
+// Returns the weight of this batch in the running statistics.
+template <class T>
+double check_training(const char* fn, const Shape& shape, const T* x, const T* y,
+                      const T* running_mean, const T* running_var, const Options& options) {
   detail::check_shape(fn, shape);
   if (shape.m() < 2)
     detail::fail(fn, "expected more than 1 value per channel in training, got n*s = " +
@@ -29,9 +40,17 @@ void forward_training(const Shape& shape, const T* x, const T* weight, const T* 
   detail::check_eps(fn, options.eps);
   detail::check_not_null(fn, x, "x");
   detail::check_not_null(fn, y, "y");
-  const double factor = detail::running_factor(fn, options, running_mean, running_var);
-  const bool track = running_mean != nullptr;
+  return detail::running_factor(fn, options, running_mean, running_var);
+}
 
+// The training forward once every argument is valid; factor as
+// check_training returned it.
+template <class T>
+void forward_training_unchecked(const Shape& shape, const T* x, const T* weight, const T* bias,
+                                T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+                                const Options& options, double factor,
+                                const RenormArgs<T>* renorm) {
+  const bool track = running_mean != nullptr;
   if constexpr (std::is_same_v<T, float>) {
     // One fused call: statistics, y, saved and running statistics.
     cpu::ForwardOutputs out;
@@ -43,6 +62,14 @@ void forward_training(const Shape& shape, const T* x, const T* weight, const T* 
     out.running_var = running_var;
     out.eps = options.eps;
     out.factor = factor;
+    out.unbiased_running_var = options.unbiased_running_var;
+    if (renorm) {
+      out.renorm = true;
+      out.rmax = renorm->limits.rmax;
+      out.dmax = renorm->limits.dmax;
+      out.r_out = renorm->r;
+      out.d_out = renorm->d;
+    }
     cpu::forward_training_f32(shape, x, y, out);
     return;
   }
@@ -53,8 +80,18 @@ void forward_training(const Shape& shape, const T* x, const T* weight, const T* 
   cpu::moments(shape, x, mean.data(), var.data());
   for (int64_t k = 0; k < c; ++k) {
     const double invstd = 1.0 / std::sqrt(var[size_t(k)] + options.eps);
-    scale[size_t(k)] = param(weight, k, 1.0) * invstd;
-    shift[size_t(k)] = param(bias, k, 0.0);
+    double g = param(weight, k, 1.0), b = param(bias, k, 0.0);
+    if (renorm) {
+      // r and d from the running statistics before this batch's update.
+      const cpu::RenormCorrection rd = cpu::renorm_correction(
+          double(running_mean[k]), double(running_var[k]), mean[size_t(k)], var[size_t(k)],
+          options.eps, renorm->limits.rmax, renorm->limits.dmax);
+      if (renorm->r) renorm->r[k] = T(rd.r);
+      if (renorm->d) renorm->d[k] = T(rd.d);
+      cpu::fold_renorm(rd, g, b);
+    }
+    scale[size_t(k)] = g * invstd;
+    shift[size_t(k)] = b;
   }
   cpu::normalize(shape, x, mean.data(), scale.data(), shift.data(), y);
   for (int64_t k = 0; k < c; ++k) {
@@ -63,8 +100,66 @@ void forward_training(const Shape& shape, const T* x, const T* weight, const T* 
     if (save_invstd) save_invstd[k] = T(1.0 / std::sqrt(v + options.eps));
     if (track) {
       running_mean[k] = T((1 - factor) * double(running_mean[k]) + factor * mu);
-      running_var[k] = T((1 - factor) * double(running_var[k]) + factor * v * m / (m - 1));
+      running_var[k] = T((1 - factor) * double(running_var[k]) +
+                         factor * cpu::running_var_sample(v, m, options.unbiased_running_var));
     }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void forward_training(const Shape& shape, const T* x, const T* weight, const T* bias, T* y,
+                      T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+                      const Options& options) {
+  const double factor =
+      check_training("forward_training", shape, x, y, running_mean, running_var, options);
+  forward_training_unchecked<T>(shape, x, weight, bias, y, save_mean, save_invstd, running_mean,
+                                running_var, options, factor, nullptr);
+}
+
+template <class T>
+void batch_renorm_forward_training(const Shape& shape, const T* x, const T* weight, const T* bias,
+                                   T* y, T* save_mean, T* save_invstd, T* r, T* d, T* running_mean,
+                                   T* running_var, const RenormLimits& limits,
+                                   const Options& options) {
+  constexpr const char* fn = "batch_renorm_forward_training";
+  const double factor = check_training(fn, shape, x, y, running_mean, running_var, options);
+  detail::check_renorm(fn, limits, running_mean);
+  const RenormArgs<T> renorm{limits, r, d};
+  forward_training_unchecked<T>(shape, x, weight, bias, y, save_mean, save_invstd, running_mean,
+                                running_var, options, factor, &renorm);
+}
+
+int64_t ghost_groups(int64_t n, int64_t virtual_batch_size) {
+  if (virtual_batch_size < 1 || n < 1) return 0;
+  return n / virtual_batch_size + (n % virtual_batch_size != 0 ? 1 : 0);
+}
+
+template <class T>
+void ghost_forward_training(const Shape& shape, int64_t virtual_batch_size, const T* x,
+                            const T* weight, const T* bias, T* y, T* save_mean, T* save_invstd,
+                            T* running_mean, T* running_var, const Options& options) {
+  constexpr const char* fn = "ghost_forward_training";
+  detail::check_shape(fn, shape);
+  detail::check_ghost(fn, shape, virtual_batch_size);
+  const int64_t groups = ghost_groups(shape.n, virtual_batch_size);
+  // Every group's checks and factor before the first group writes anything.
+  std::vector<double> factors;
+  for (int64_t g = 0; g < groups; ++g) {
+    Options group_options = options;
+    if (!options.momentum) group_options.num_batches_tracked = options.num_batches_tracked + g;
+    const Shape part = detail::ghost_group(shape, virtual_batch_size, g);
+    factors.push_back(check_training(fn, part, x, y, running_mean, running_var, group_options));
+  }
+  const int64_t c = shape.c;
+  for (int64_t g = 0; g < groups; ++g) {
+    const Shape part = detail::ghost_group(shape, virtual_batch_size, g);
+    const int64_t offset = g * virtual_batch_size * c * shape.s;
+    forward_training_unchecked<T>(part, x + offset, weight, bias, y + offset,
+                                  save_mean ? save_mean + g * c : nullptr,
+                                  save_invstd ? save_invstd + g * c : nullptr, running_mean,
+                                  running_var, options, factors[size_t(g)], nullptr);
   }
 }
 
@@ -93,15 +188,21 @@ namespace {
 
 // Shared by both backward flavours; through_moments selects the true
 // gradient (through mean and variance) or the frozen-moments one.
+// r, d: Batch Renormalization's constants, or null for batch norm.
 template <class T>
-void backward_impl(const char* fn, bool through_moments, const Shape& shape, const T* dy,
-                   const T* x, const T* weight, const T* mean_in, const T* invstd_in, T* dx,
-                   T* dweight, T* dbias) {
+void backward_checks(const char* fn, bool through_moments, const Shape& shape, const T* dy,
+                     const T* x, const T* mean_in, const T* invstd_in) {
   detail::check_shape(fn, shape);
   detail::check_not_null(fn, dy, "dy");
   detail::check_not_null(fn, x, "x");
   detail::check_not_null(fn, mean_in, through_moments ? "save_mean" : "mean");
   detail::check_not_null(fn, invstd_in, through_moments ? "save_invstd" : "invstd");
+}
+
+template <class T>
+void backward_unchecked(bool through_moments, const Shape& shape, const T* dy, const T* x,
+                        const T* weight, const T* mean_in, const T* invstd_in, const T* r,
+                        const T* d, T* dx, T* dweight, T* dbias) {
   if constexpr (std::is_same_v<T, float>) {
     if (!dx && !dweight && !dbias) return;
     cpu::BackwardOutputs out;
@@ -111,6 +212,8 @@ void backward_impl(const char* fn, bool through_moments, const Shape& shape, con
     out.dweight = dweight;
     out.dbias = dbias;
     out.through_moments = through_moments;
+    out.renorm_r = r;
+    out.renorm_d = d;
     cpu::backward_f32(shape, dy, x, dx, out);
     return;
   }
@@ -126,10 +229,18 @@ void backward_impl(const char* fn, bool through_moments, const Shape& shape, con
     const size_t kk = size_t(k);
     const double invstd = double(invstd_in[k]);
     const double sum_dy_xhat = sum_dy_xmu[kk] * invstd;
-    if (dweight) dweight[k] = T(sum_dy_xhat);
+    double g = param(weight, k, 1.0);
+    if (r) {
+      // Batch Renormalization: batch norm's gradient with weight * r.
+      const cpu::RenormCorrection rd{double(r[k]), double(d[k])};
+      if (dweight) dweight[k] = T(cpu::renorm_dweight(rd, sum_dy_xhat, sum_dy[kk]));
+      g *= rd.r;
+    } else if (dweight) {
+      dweight[k] = T(sum_dy_xhat);
+    }
     if (dbias) dbias[k] = T(sum_dy[kk]);
     // dx = g*invstd*dy - g*invstd^2*mean(dy*xhat)*(x - mean) - g*invstd*mean(dy)
-    const double g_invstd = param(weight, k, 1.0) * invstd;
+    const double g_invstd = g * invstd;
     a[kk] = g_invstd;
     b[kk] = through_moments ? -g_invstd * invstd * sum_dy_xhat / m : 0.0;
     cc[kk] = through_moments ? -g_invstd * sum_dy[kk] / m : 0.0;
@@ -142,25 +253,79 @@ void backward_impl(const char* fn, bool through_moments, const Shape& shape, con
 template <class T>
 void backward(const Shape& shape, const T* dy, const T* x, const T* weight, const T* save_mean,
               const T* save_invstd, T* dx, T* dweight, T* dbias) {
-  backward_impl("backward", true, shape, dy, x, weight, save_mean, save_invstd, dx, dweight, dbias);
+  backward_checks("backward", true, shape, dy, x, save_mean, save_invstd);
+  backward_unchecked<T>(true, shape, dy, x, weight, save_mean, save_invstd, nullptr, nullptr, dx,
+                        dweight, dbias);
 }
 
 template <class T>
 void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const T* weight,
                              const T* mean, const T* invstd, T* dx, T* dweight, T* dbias) {
-  backward_impl("backward_frozen_moments", false, shape, dy, x, weight, mean, invstd, dx, dweight,
-                dbias);
+  backward_checks("backward_frozen_moments", false, shape, dy, x, mean, invstd);
+  backward_unchecked<T>(false, shape, dy, x, weight, mean, invstd, nullptr, nullptr, dx, dweight,
+                        dbias);
 }
 
-#define BNORM_INSTANTIATE(T)                                                                     \
-  template void forward_training<T>(const Shape&, const T*, const T*, const T*, T*, T*, T*, T*,  \
-                                    T*, const Options&);                                         \
-  template void forward_inference<T>(const Shape&, const T*, const T*, const T*, const T*,       \
-                                     const T*, T*, double);                                      \
-  template void backward<T>(const Shape&, const T*, const T*, const T*, const T*, const T*, T*,  \
-                            T*, T*);                                                             \
-  template void backward_frozen_moments<T>(const Shape&, const T*, const T*, const T*, const T*, \
-                                           const T*, T*, T*, T*);
+template <class T>
+void batch_renorm_backward(const Shape& shape, const T* dy, const T* x, const T* weight,
+                           const T* save_mean, const T* save_invstd, const T* r, const T* d, T* dx,
+                           T* dweight, T* dbias) {
+  constexpr const char* fn = "batch_renorm_backward";
+  backward_checks(fn, true, shape, dy, x, save_mean, save_invstd);
+  detail::check_not_null(fn, r, "r");
+  detail::check_not_null(fn, d, "d");
+  backward_unchecked<T>(true, shape, dy, x, weight, save_mean, save_invstd, r, d, dx, dweight,
+                        dbias);
+}
+
+template <class T>
+void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy, const T* x,
+                    const T* weight, const T* save_mean, const T* save_invstd, T* dx, T* dweight,
+                    T* dbias) {
+  constexpr const char* fn = "ghost_backward";
+  backward_checks(fn, true, shape, dy, x, save_mean, save_invstd);
+  detail::check_ghost(fn, shape, virtual_batch_size);
+  const int64_t groups = ghost_groups(shape.n, virtual_batch_size), c = shape.c;
+  // gamma and beta are shared by the groups: their gradients are the sums of
+  // the groups' gradients, accumulated in double in group order.
+  std::vector<T> part_dweight(dweight ? size_t(c) : 0), part_dbias(dbias ? size_t(c) : 0);
+  std::vector<double> sum_dweight(size_t(c), 0.0), sum_dbias(size_t(c), 0.0);
+  for (int64_t g = 0; g < groups; ++g) {
+    const Shape part = detail::ghost_group(shape, virtual_batch_size, g);
+    const int64_t offset = g * virtual_batch_size * c * shape.s;
+    backward_unchecked<T>(true, part, dy + offset, x + offset, weight, save_mean + g * c,
+                          save_invstd + g * c, nullptr, nullptr, dx ? dx + offset : nullptr,
+                          dweight ? part_dweight.data() : nullptr,
+                          dbias ? part_dbias.data() : nullptr);
+    for (int64_t k = 0; k < c; ++k) {
+      if (dweight) sum_dweight[size_t(k)] += double(part_dweight[size_t(k)]);
+      if (dbias) sum_dbias[size_t(k)] += double(part_dbias[size_t(k)]);
+    }
+  }
+  for (int64_t k = 0; k < c; ++k) {
+    if (dweight) dweight[k] = T(sum_dweight[size_t(k)]);
+    if (dbias) dbias[k] = T(sum_dbias[size_t(k)]);
+  }
+}
+
+#define BNORM_INSTANTIATE(T)                                                                       \
+  template void forward_training<T>(const Shape&, const T*, const T*, const T*, T*, T*, T*, T*,    \
+                                    T*, const Options&);                                           \
+  template void forward_inference<T>(const Shape&, const T*, const T*, const T*, const T*,         \
+                                     const T*, T*, double);                                        \
+  template void backward<T>(const Shape&, const T*, const T*, const T*, const T*, const T*, T*,    \
+                            T*, T*);                                                               \
+  template void backward_frozen_moments<T>(const Shape&, const T*, const T*, const T*, const T*,   \
+                                           const T*, T*, T*, T*);                                  \
+  template void batch_renorm_forward_training<T>(const Shape&, const T*, const T*, const T*, T*,   \
+                                                 T*, T*, T*, T*, T*, T*, const RenormLimits&,      \
+                                                 const Options&);                                  \
+  template void batch_renorm_backward<T>(const Shape&, const T*, const T*, const T*, const T*,     \
+                                         const T*, const T*, const T*, T*, T*, T*);                \
+  template void ghost_forward_training<T>(const Shape&, int64_t, const T*, const T*, const T*, T*, \
+                                          T*, T*, T*, T*, const Options&);                         \
+  template void ghost_backward<T>(const Shape&, int64_t, const T*, const T*, const T*, const T*,   \
+                                  const T*, T*, T*, T*);
 BNORM_INSTANTIATE(float)
 BNORM_INSTANTIATE(double)
 #undef BNORM_INSTANTIATE
