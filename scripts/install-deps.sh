@@ -10,6 +10,8 @@ packages=(
   libhwy-dev
   # Python module and its oracle
   python3-dev pybind11-dev python3-numpy python3-pytest python3-torch
+  # ONNX conformance test: the BatchNormalization cases and their reader
+  libonnx-testdata python3-onnx
   # synchronized batch norm
   libopenmpi-dev openmpi-bin
   # training demo
