@@ -9,9 +9,9 @@ packages=(
   # vectorized kernels and threads (libgomp comes with g++)
   libhwy-dev
   # Python module and its oracle
-  python3-dev pybind11-dev python3-numpy python3-pytest python3-torch
-  # ONNX conformance test: the BatchNormalization cases and their reader
-  libonnx-testdata python3-onnx
+  python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-torchvision python3-onnx
+  # ONNX conformance test: the BatchNormalization cases (read with python3-onnx)
+  libonnx-testdata
   # synchronized batch norm
   libopenmpi-dev openmpi-bin
   # training demo

@@ -1,6 +1,8 @@
 """Shared set-up: the bnorm under test is the built one, torch runs on one thread."""
 
+import importlib.util
 import os
+import sys
 
 import bnorm
 import torch
@@ -9,6 +11,10 @@ import oracle
 
 # The extension is built into the build tree; a source checkout has no _bnorm.
 assert os.path.exists(bnorm._bnorm.__file__), bnorm._bnorm.__file__
+
+# torch.testing._internal imports expecttest, which Debian 12 does not package.
+if importlib.util.find_spec("expecttest") is None:
+    sys.path.append(os.path.join(os.path.dirname(__file__), "stubs"))
 
 # The machines are shared; one thread keeps torch's timing out of the way.
 torch.set_num_threads(1)

@@ -24,7 +24,7 @@ def test_docstrings_on_every_function():
         doc = getattr(bnorm, name).__doc__
         assert doc and "Args:" in doc and "Returns:" in doc and "ValueError" in doc, name
     import bnorm.torch as bt
-    for obj in (bt, bt.batch_norm, bt.BatchNormFunction, bt.BatchNorm1d, bt.BatchNorm2d,
+    for obj in (bt, bt.batch_norm, bt.convert, bt.BatchNorm1d, bt.BatchNorm2d,
                 bt.BatchNorm3d):
         assert obj.__doc__, obj
 

@@ -1,0 +1,28 @@
+"""bnorm.torch: bnorm's batch normalization as native PyTorch operators.
+
+The C++ operators ``torch.ops.bnorm.batch_norm`` (and its training, eval
+and backward kernels) are registered with PyTorch's dispatcher, so autograd
+(double backward included), TorchScript, tracing, the profiler and
+functorch's batching see them like any ATen operator. On top of them:
+
+- ``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d``: drop-ins for
+  ``torch.nn.BatchNormXd`` (same constructor, parameters, buffers,
+  state_dict, errors);
+- ``batch_norm``: ``torch.nn.functional.batch_norm``'s signature;
+- ``convert(module)``: every ``torch.nn.BatchNormXd`` in a model replaced by
+  bnorm's, state and training flag carried over;
+- an ONNX symbolic, so ``torch.onnx.export`` writes a standard
+  ``BatchNormalization`` node for bnorm's op in eval mode.
+
+``library_path`` is the shared library holding the operators; a C++
+program that runs a TorchScript model with bnorm inside loads it with
+``torch::jit`` after ``dlopen`` (or links it).
+"""
+
+from ._ops import library_path
+from .convert import convert
+from .functional import batch_norm
+from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from . import onnx as _onnx  # registers the ONNX symbolic
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "convert", "library_path"]
