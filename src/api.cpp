@@ -100,8 +100,8 @@ void forward_training_unchecked(const Shape& shape, const T* x, const T* weight,
     if (save_invstd) save_invstd[k] = T(1.0 / std::sqrt(v + options.eps));
     if (track) {
       running_mean[k] = T((1 - factor) * double(running_mean[k]) + factor * mu);
-      running_var[k] = T((1 - factor) * double(running_var[k]) +
-                         factor * cpu::running_var_sample(v, m, options.unbiased_running_var));
+      running_var[k] = T(cpu::running_var_update(double(running_var[k]), factor, v, m,
+                                                 options.unbiased_running_var));
     }
   }
 }

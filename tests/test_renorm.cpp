@@ -236,3 +236,21 @@ TEST(RenormErrors, BadLimitsAndMissingStatisticsWriteNothing) {
 }
 
 }  // namespace bnorm::test
+
+namespace bnorm::test {
+
+TEST(RenormSchedule, PapersMarks) {
+  const RenormSchedule paper;
+  EXPECT_EQ(paper.at(0).rmax, 1.0);
+  EXPECT_EQ(paper.at(5000).dmax, 0.0);
+  EXPECT_DOUBLE_EQ(paper.at(15000).dmax, 2.5);  // half way from 5k to 25k
+  EXPECT_DOUBLE_EQ(paper.at(22500).rmax, 2.0);  // half way from 5k to 40k
+  EXPECT_EQ(paper.at(25000).dmax, 5.0);
+  EXPECT_EQ(paper.at(90000).rmax, 3.0);
+  const RenormSchedule short_run = paper.scaled(0.1);  // a 5,000-step run
+  EXPECT_EQ(short_run.at(500).rmax, 1.0);
+  EXPECT_EQ(short_run.at(2500).dmax, 5.0);
+  EXPECT_DOUBLE_EQ(short_run.at(2250).rmax, 2.0);
+}
+
+}  // namespace bnorm::test

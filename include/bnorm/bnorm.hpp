@@ -135,6 +135,25 @@ struct RenormLimits {
   double dmax = 5.0;
 };
 
+// The paper's schedule (Section 4.1): rmax = 1, dmax = 0 (batch norm) for the
+// first 5,000 steps, then relaxed linearly so that dmax reaches 5 at 25,000
+// steps and rmax reaches 3 at 40,000. scaled(f) multiplies the three marks,
+// e.g. by run_steps / 50,000 to fit a shorter run.
+struct RenormSchedule {
+  double hold = 5000, dmax_at = 25000, rmax_at = 40000;
+  double rmax = 3.0, dmax = 5.0;
+
+  RenormLimits at(int64_t step) const {
+    const auto ramp = [&](double end_step) {
+      if (double(step) <= hold) return 0.0;
+      if (double(step) >= end_step) return 1.0;
+      return (double(step) - hold) / (end_step - hold);
+    };
+    return {1.0 + (rmax - 1.0) * ramp(rmax_at), dmax * ramp(dmax_at)};
+  }
+  RenormSchedule scaled(double f) const { return {hold * f, dmax_at * f, rmax_at * f, rmax, dmax}; }
+};
+
 // save_mean, save_invstd, r, d: c outputs each, any may be null.
 template <class T>
 void batch_renorm_forward_training(const Shape& shape, const T* x, const T* weight, const T* bias,

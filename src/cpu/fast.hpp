@@ -63,8 +63,8 @@ inline void finish_forward_channel(const ForwardOutputs& p, double m, int64_t k,
   if (p.running_mean) {
     const double f = p.factor;
     p.running_mean[k] = float((1 - f) * double(p.running_mean[k]) + f * mean);
-    p.running_var[k] = float((1 - f) * double(p.running_var[k]) +
-                             f * running_var_sample(var, m, p.unbiased_running_var));
+    p.running_var[k] =
+        float(running_var_update(double(p.running_var[k]), f, var, m, p.unbiased_running_var));
   }
 }
 

@@ -44,9 +44,13 @@ inline double renorm_dweight(const RenormCorrection& rd, double sum_dy_xhat, dou
   return rd.d != 0 ? out + rd.d * sum_dy : out;
 }
 
-// The variance the running variance averages (Options::unbiased_running_var).
-inline double running_var_sample(double var, double m, bool unbiased) {
-  return unbiased ? var * m / (m - 1) : var;
+// The running variance after a batch of m values with biased variance var,
+// factor f: the unbiased var * m / (m - 1) or var itself is averaged in
+// (Options::unbiased_running_var). The unbiased form keeps the operation
+// order batch norm always had, so its results stay bit for bit.
+inline double running_var_update(double running_var, double f, double var, double m,
+                                 bool unbiased) {
+  return (1 - f) * running_var + (unbiased ? f * var * m / (m - 1) : f * var);
 }
 
 }  // namespace bnorm::cpu

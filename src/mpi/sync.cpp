@@ -130,8 +130,8 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
       // The (unbiased) variance written as the core writes it.
       const double var = stats[k].m2 / m;
       running_mean[k] = T((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = T((1 - factor) * double(running_var[k]) +
-                         factor * cpu::running_var_sample(var, m, options.unbiased_running_var));
+      running_var[k] = T(cpu::running_var_update(double(running_var[k]), factor, var, m,
+                                                 options.unbiased_running_var));
     }
   }
 }
