@@ -22,12 +22,12 @@ BatchNorm<T>::BatchNorm(int64_t num_features, double eps, std::optional<double> 
   if (momentum && (!std::isfinite(*momentum) || *momentum < 0 || *momentum > 1))
     detail::fail(fn, "momentum must be in [0, 1], got " + std::to_string(*momentum));
   if (affine_) {
-    weight_.assign(size_t(c_), T(1));
-    bias_.assign(size_t(c_), T(0));
+    weight_.assign(size_t(c_), param_type(1));
+    bias_.assign(size_t(c_), param_type(0));
   }
   if (track_) {
-    running_mean_.assign(size_t(c_), T(0));
-    running_var_.assign(size_t(c_), T(1));
+    running_mean_.assign(size_t(c_), param_type(0));
+    running_var_.assign(size_t(c_), param_type(1));
   }
 }
 
@@ -50,20 +50,20 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   if (int64_t(x.size()) != shape.numel())
     detail::fail(fn, "x has " + std::to_string(x.size()) + " values, the shape needs " +
                          std::to_string(shape.numel()));
-  const T* w = affine_ ? weight_.data() : nullptr;
-  const T* b = affine_ ? bias_.data() : nullptr;
+  const param_type* w = affine_ ? weight_.data() : nullptr;
+  const param_type* b = affine_ ? bias_.data() : nullptr;
   std::vector<T> y(x.size());
   const bool batch_stats = training_ || !track_;
   // Ghost batch norm in training mode: statistics per group of samples.
   const int64_t vbs = training_ ? virtual_batch_size_ : 0;
   const int64_t groups = vbs > 0 ? ghost_groups(shape.n, vbs) : 1;
-  std::vector<T> mean(size_t(groups * c_)), invstd(size_t(groups * c_));
+  std::vector<param_type> mean(size_t(groups * c_)), invstd(size_t(groups * c_));
   if (batch_stats) {
     const bool update = training_ && track_;
     Options options{eps_, momentum_, num_batches_tracked_ + 1};
     options.unbiased_running_var = unbiased_running_var_;
-    T* rm = update ? running_mean_.data() : nullptr;
-    T* rv = update ? running_var_.data() : nullptr;
+    param_type* rm = update ? running_mean_.data() : nullptr;
+    param_type* rv = update ? running_var_.data() : nullptr;
     if (vbs > 0)
       ghost_forward_training(shape, vbs, x.data(), w, b, y.data(), mean.data(), invstd.data(), rm,
                              rv, options);
@@ -76,7 +76,7 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
                       eps_);
     for (int64_t k = 0; k < c_; ++k) {
       mean[size_t(k)] = running_mean_[size_t(k)];
-      invstd[size_t(k)] = T(1.0 / std::sqrt(double(running_var_[size_t(k)]) + eps_));
+      invstd[size_t(k)] = param_type(1.0 / std::sqrt(double(running_var_[size_t(k)]) + eps_));
     }
   }
   shape_ = shape;
@@ -102,9 +102,9 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
     g.dweight.resize(static_cast<size_t>(c_));
     g.dbias.resize(static_cast<size_t>(c_));
   }
-  T* dw = affine_ ? g.dweight.data() : nullptr;
-  T* db = affine_ ? g.dbias.data() : nullptr;
-  const T* w = affine_ ? weight_.data() : nullptr;
+  param_type* dw = affine_ ? g.dweight.data() : nullptr;
+  param_type* db = affine_ ? g.dbias.data() : nullptr;
+  const param_type* w = affine_ ? weight_.data() : nullptr;
   if (cache_virtual_batch_size_ > 0)
     ghost_backward(shape_, cache_virtual_batch_size_, dy.data(), x_.data(), w, mean_.data(),
                    invstd_.data(), g.dx.data(), dw, db);
@@ -119,5 +119,7 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
 
 template class BatchNorm<float>;
 template class BatchNorm<double>;
+template class BatchNorm<bfloat16>;
+template class BatchNorm<float16>;
 
 }  // namespace bnorm

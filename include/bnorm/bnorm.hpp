@@ -43,6 +43,8 @@
 #include <span>
 #include <vector>
 
+#include "dtypes.hpp"
+
 namespace bnorm {
 
 // NCHW: channels first; element (i, k, j) sits at (i * c + k) * s + j.
@@ -82,6 +84,11 @@ void set_num_threads(int threads);
 // The count the next call will use.
 int num_threads();
 
+// Element types T: float, double, bfloat16, float16 (dtypes.hpp). x, y, dy
+// and dx are T; weight, bias, the saved and running statistics, dweight and
+// dbias are P = param_t<T> (float for the 16-bit types). The 16-bit types
+// are computed in float and rounded once to T.
+//
 // Training forward: normalizes with the batch statistics.
 // x, y: numel values in the shape's layout. weight, bias: c values or null
 // (gamma = 1, beta = 0). save_mean, save_invstd: c outputs (mean and
@@ -89,22 +96,25 @@ int num_threads();
 // running_var: c values updated in place, both null or both non-null.
 // Requires m = n * s > 1.
 template <class T>
-void forward_training(const Shape& shape, const T* x, const T* weight, const T* bias, T* y,
-                      T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+void forward_training(const Shape& shape, const T* x, const param_t<T>* weight,
+                      const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
+                      param_t<T>* running_mean, param_t<T>* running_var,
                       const Options& options = {});
 
 // Inference forward: normalizes with running_mean and running_var (c values).
 template <class T>
-void forward_inference(const Shape& shape, const T* x, const T* weight, const T* bias,
-                       const T* running_mean, const T* running_var, T* y, double eps = 1e-5);
+void forward_inference(const Shape& shape, const T* x, const param_t<T>* weight,
+                       const param_t<T>* bias, const param_t<T>* running_mean,
+                       const param_t<T>* running_var, T* y, double eps = 1e-5);
 
 // Training backward: gradients of the loss through the batch statistics.
 // dy, x: numel values; save_mean, save_invstd: what forward_training saved.
 // dx (numel), dweight, dbias (c each) may each be null when not wanted.
 // dweight is the gradient for gamma even when weight is null (gamma = 1).
 template <class T>
-void backward(const Shape& shape, const T* dy, const T* x, const T* weight, const T* save_mean,
-              const T* save_invstd, T* dx, T* dweight, T* dbias);
+void backward(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
+              const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+              param_t<T>* dweight, param_t<T>* dbias);
 
 // Backward with mean and invstd held constant (a stop-gradient through the
 // moments): dx_i = weight_k * invstd_k * dy_i; dweight and dbias as above.
@@ -112,8 +122,9 @@ void backward(const Shape& shape, const T* dy, const T* x, const T* weight, cons
 // 1/sqrt(running_var + eps)); used in training it is the "frozen moments"
 // mistake the demo measures.
 template <class T>
-void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const T* weight,
-                             const T* mean, const T* invstd, T* dx, T* dweight, T* dbias);
+void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
+                             const param_t<T>* mean, const param_t<T>* invstd, T* dx,
+                             param_t<T>* dweight, param_t<T>* dbias);
 
 // ---- Batch Renormalization (Ioffe, 2017, arXiv:1702.03275, Algorithm 1) ----
 //
@@ -156,16 +167,18 @@ struct RenormSchedule {
 
 // save_mean, save_invstd, r, d: c outputs each, any may be null.
 template <class T>
-void batch_renorm_forward_training(const Shape& shape, const T* x, const T* weight, const T* bias,
-                                   T* y, T* save_mean, T* save_invstd, T* r, T* d, T* running_mean,
-                                   T* running_var, const RenormLimits& limits,
-                                   const Options& options = {});
+void batch_renorm_forward_training(const Shape& shape, const T* x, const param_t<T>* weight,
+                                   const param_t<T>* bias, T* y, param_t<T>* save_mean,
+                                   param_t<T>* save_invstd, param_t<T>* r, param_t<T>* d,
+                                   param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options = {});
 
 // Gradients with r and d held constant; r and d as forward returned them.
 template <class T>
-void batch_renorm_backward(const Shape& shape, const T* dy, const T* x, const T* weight,
-                           const T* save_mean, const T* save_invstd, const T* r, const T* d, T* dx,
-                           T* dweight, T* dbias);
+void batch_renorm_backward(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
+                           const param_t<T>* save_mean, const param_t<T>* save_invstd,
+                           const param_t<T>* r, const param_t<T>* d, T* dx, param_t<T>* dweight,
+                           param_t<T>* dbias);
 
 // ---- Ghost batch norm (Hoffer, Hubara and Soudry, 2017) --------------------
 //
@@ -184,14 +197,16 @@ int64_t ghost_groups(int64_t n, int64_t virtual_batch_size);
 
 template <class T>
 void ghost_forward_training(const Shape& shape, int64_t virtual_batch_size, const T* x,
-                            const T* weight, const T* bias, T* y, T* save_mean, T* save_invstd,
-                            T* running_mean, T* running_var, const Options& options = {});
+                            const param_t<T>* weight, const param_t<T>* bias, T* y,
+                            param_t<T>* save_mean, param_t<T>* save_invstd,
+                            param_t<T>* running_mean, param_t<T>* running_var,
+                            const Options& options = {});
 
 // Backward group by group; dweight and dbias are the sums over the groups.
 template <class T>
 void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy, const T* x,
-                    const T* weight, const T* save_mean, const T* save_invstd, T* dx, T* dweight,
-                    T* dbias);
+                    const param_t<T>* weight, const param_t<T>* save_mean,
+                    const param_t<T>* save_invstd, T* dx, param_t<T>* dweight, param_t<T>* dbias);
 
 // The layer as a network uses it: owns gamma, beta, the running statistics
 // and the batch counter, switches between train() and eval(), and caches in
@@ -199,6 +214,8 @@ void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy,
 template <class T>
 class BatchNorm {
  public:
+  using param_type = param_t<T>;  // weights, statistics and their gradients
+
   // momentum = nullopt: cumulative moving average of the running statistics.
   explicit BatchNorm(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
                      bool affine = true, bool track_running_stats = true);
@@ -224,8 +241,8 @@ class BatchNorm {
 
   struct Gradients {
     std::vector<T> dx;
-    std::vector<T> dweight;  // empty when the layer is not affine
-    std::vector<T> dbias;
+    std::vector<param_type> dweight;  // empty when the layer is not affine
+    std::vector<param_type> dbias;
   };
   // Gradients for dy of the shape of the last forward. In training mode the
   // gradient flows through the batch mean and variance.
@@ -237,14 +254,14 @@ class BatchNorm {
   bool affine() const { return affine_; }
   bool tracks_running_stats() const { return track_; }
   int64_t num_batches_tracked() const { return num_batches_tracked_; }
-  std::span<T> weight() { return weight_; }  // empty when not affine
-  std::span<T> bias() { return bias_; }
-  std::span<T> running_mean() { return running_mean_; }  // empty when not tracked
-  std::span<T> running_var() { return running_var_; }
-  std::span<const T> weight() const { return weight_; }
-  std::span<const T> bias() const { return bias_; }
-  std::span<const T> running_mean() const { return running_mean_; }
-  std::span<const T> running_var() const { return running_var_; }
+  std::span<param_type> weight() { return weight_; }  // empty when not affine
+  std::span<param_type> bias() { return bias_; }
+  std::span<param_type> running_mean() { return running_mean_; }  // empty when not tracked
+  std::span<param_type> running_var() { return running_var_; }
+  std::span<const param_type> weight() const { return weight_; }
+  std::span<const param_type> bias() const { return bias_; }
+  std::span<const param_type> running_mean() const { return running_mean_; }
+  std::span<const param_type> running_var() const { return running_var_; }
 
  private:
   int64_t c_;
@@ -256,16 +273,19 @@ class BatchNorm {
   bool unbiased_running_var_ = true;
   int64_t virtual_batch_size_ = 0;
   int64_t num_batches_tracked_ = 0;
-  std::vector<T> weight_, bias_, running_mean_, running_var_;
+  std::vector<param_type> weight_, bias_, running_mean_, running_var_;
   // What backward needs from the last forward.
   Shape shape_{};
   bool have_cache_ = false;
   bool cache_batch_stats_ = false;        // normalized with batch statistics
   int64_t cache_virtual_batch_size_ = 0;  // the groups of the last forward, 0: none
-  std::vector<T> x_, mean_, invstd_;
+  std::vector<T> x_;
+  std::vector<param_type> mean_, invstd_;
 };
 
 extern template class BatchNorm<float>;
 extern template class BatchNorm<double>;
+extern template class BatchNorm<bfloat16>;
+extern template class BatchNorm<float16>;
 
 }  // namespace bnorm

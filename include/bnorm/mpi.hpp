@@ -53,30 +53,34 @@ namespace bnorm::mpi {
 // global unbiased variance var * m / (m - 1) (the global var with
 // options.unbiased_running_var = false).
 template <class T>
-void forward_training(MPI_Comm comm, const Shape& local, const T* x, const T* weight, const T* bias,
-                      T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+void forward_training(MPI_Comm comm, const Shape& local, const T* x, const param_t<T>* weight,
+                      const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
+                      param_t<T>* running_mean, param_t<T>* running_var,
                       const Options& options = {});
 
 // As bnorm::backward, with save_mean/save_invstd from mpi::forward_training
 // (the global statistics). dx is this rank's slice; dweight and dbias are the
 // sums over all ranks.
 template <class T>
-void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const T* weight,
-              const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias);
+void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+              const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+              param_t<T>* dweight, param_t<T>* dbias);
 
 // As bnorm::batch_renorm_forward_training / batch_renorm_backward: r and d
 // from the global batch statistics and the running statistics (which must be
 // the same on every rank, as the synchronized updates keep them), identical
 // on every rank; the same collectives as batch norm.
 template <class T>
-void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x, const T* weight,
-                                   const T* bias, T* y, T* save_mean, T* save_invstd, T* r, T* d,
-                                   T* running_mean, T* running_var, const RenormLimits& limits,
-                                   const Options& options = {});
+void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x,
+                                   const param_t<T>* weight, const param_t<T>* bias, T* y,
+                                   param_t<T>* save_mean, param_t<T>* save_invstd, param_t<T>* r,
+                                   param_t<T>* d, param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options = {});
 template <class T>
 void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x,
-                           const T* weight, const T* save_mean, const T* save_invstd, const T* r,
-                           const T* d, T* dx, T* dweight, T* dbias);
+                           const param_t<T>* weight, const param_t<T>* save_mean,
+                           const param_t<T>* save_invstd, const param_t<T>* r, const param_t<T>* d,
+                           T* dx, param_t<T>* dweight, param_t<T>* dbias);
 
 // bnorm::BatchNorm with a communicator: in training mode (and in eval mode
 // without running statistics) forward and backward are synchronized across
@@ -86,6 +90,8 @@ void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const
 template <class T>
 class SyncBatchNorm {
  public:
+  using param_type = param_t<T>;  // weights, statistics and their gradients
+
   SyncBatchNorm(MPI_Comm comm, int64_t num_features, double eps = 1e-5,
                 std::optional<double> momentum = 0.1, bool affine = true,
                 bool track_running_stats = true);
@@ -111,14 +117,14 @@ class SyncBatchNorm {
   bool affine() const { return affine_; }
   bool tracks_running_stats() const { return track_; }
   int64_t num_batches_tracked() const { return num_batches_tracked_; }
-  std::span<T> weight() { return weight_; }
-  std::span<T> bias() { return bias_; }
-  std::span<T> running_mean() { return running_mean_; }
-  std::span<T> running_var() { return running_var_; }
-  std::span<const T> weight() const { return weight_; }
-  std::span<const T> bias() const { return bias_; }
-  std::span<const T> running_mean() const { return running_mean_; }
-  std::span<const T> running_var() const { return running_var_; }
+  std::span<param_type> weight() { return weight_; }
+  std::span<param_type> bias() { return bias_; }
+  std::span<param_type> running_mean() { return running_mean_; }
+  std::span<param_type> running_var() { return running_var_; }
+  std::span<const param_type> weight() const { return weight_; }
+  std::span<const param_type> bias() const { return bias_; }
+  std::span<const param_type> running_mean() const { return running_mean_; }
+  std::span<const param_type> running_var() const { return running_var_; }
 
  private:
   MPI_Comm comm_;
@@ -130,14 +136,17 @@ class SyncBatchNorm {
   bool training_ = true;
   bool unbiased_running_var_ = true;
   int64_t num_batches_tracked_ = 0;
-  std::vector<T> weight_, bias_, running_mean_, running_var_;
+  std::vector<param_type> weight_, bias_, running_mean_, running_var_;
   Shape shape_{};
   bool have_cache_ = false;
   bool cache_batch_stats_ = false;
-  std::vector<T> x_, mean_, invstd_;
+  std::vector<T> x_;
+  std::vector<param_type> mean_, invstd_;
 };
 
 extern template class SyncBatchNorm<float>;
 extern template class SyncBatchNorm<double>;
+extern template class SyncBatchNorm<bfloat16>;
+extern template class SyncBatchNorm<float16>;
 
 }  // namespace bnorm::mpi

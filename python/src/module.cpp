@@ -13,9 +13,23 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace py = pybind11;
+
+// NumPy's float16 (NPY_HALF) as bnorm::float16, so that py::array_t
+// checks, converts and allocates float16 arrays like the others.
+namespace pybind11::detail {
+template <>
+struct npy_format_descriptor<bnorm::float16> {
+  static constexpr auto name = const_name("float16");
+  static pybind11::dtype dtype() {
+    constexpr int npy_half = 23;  // NPY_HALF in numpy/ndarraytypes.h
+    return reinterpret_steal<pybind11::dtype>(npy_api::get().PyArray_DescrFromType_(npy_half));
+  }
+};
+}  // namespace pybind11::detail
 
 namespace {
 
@@ -41,17 +55,30 @@ std::string shape_str(const py::array& a) {
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-bool is_float64(const py::array& a) { return a.dtype().itemsize() == 8; }
-
-// The tensor argument that fixes the dtype of the call: float32 or float64.
+// The tensor argument that fixes the dtype of the call: float16, float32 or
+// float64.
 py::array float_array(const char* fn, const char* name, const py::handle& obj) {
   if (obj.is_none()) fail(fn, std::string(name) + " must be an array, got None");
   py::array a = py::array::ensure(obj);
   if (!a) fail(fn, std::string(name) + " must be convertible to a NumPy array");
   const auto dt = a.dtype();
-  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
-    fail(fn, std::string(name) + " must have dtype float32 or float64, got " + dtype_str(a));
+  if (dt.kind() != 'f' || (dt.itemsize() != 2 && dt.itemsize() != 4 && dt.itemsize() != 8))
+    fail(fn,
+         std::string(name) + " must have dtype float16, float32 or float64, got " + dtype_str(a));
   return a;
+}
+
+// f.template operator()<T>() for the element type of x.
+template <class F>
+decltype(auto) by_dtype(const py::array& x, F&& f) {
+  switch (x.dtype().itemsize()) {
+    case 8:
+      return f.template operator()<double>();
+    case 2:
+      return f.template operator()<bnorm::float16>();
+    default:
+      return f.template operator()<float>();
+  }
 }
 
 // input of shape (N, C, *spatial), or (N, *spatial, C) when channels_last.
@@ -78,12 +105,21 @@ Array<T> tensor(const char* fn, const char* name, const py::array& a) {
   return out;
 }
 
+// a has dtype T: input's, or for a per-channel array P = param_t of input's
+// (float32 for float16 input, as torch's mixed-precision batch norm).
 template <class T>
-void check_same_dtype(const char* fn, const char* name, const py::array& a) {
+void check_same_dtype(const char* fn, const char* name, const py::array& a,
+                      const char* why = " like input") {
   if (!py::array_t<T>::check_(a))
     fail(fn, std::string(name) + " must have dtype " +
-                 py::str(py::dtype::of<T>()).cast<std::string>() + " like input, got " +
-                 dtype_str(a));
+                 py::str(py::dtype::of<T>()).cast<std::string>() + why + ", got " + dtype_str(a));
+}
+
+// Why per-channel arrays of input type T have dtype param_t<T>.
+template <class T>
+const char* param_why() {
+  return std::is_same_v<T, bnorm::float16> ? " (per-channel arrays of float16 input are float32)"
+                                           : " like input";
 }
 
 void check_channels(const char* fn, const char* name, const py::array& a, int64_t c) {
@@ -92,35 +128,36 @@ void check_channels(const char* fn, const char* name, const py::array& a, int64_
                  ",) (one value per channel), got " + shape_str(a));
 }
 
-// A read-only per-channel array (weight, bias, saved statistics), or None.
-template <class T>
-std::optional<Array<T>> channel_param(const char* fn, const char* name, const py::handle& obj,
+// A read-only per-channel array (weight, bias, saved statistics) of
+// param_t<T> for input type T, or None.
+template <class T, class P = bnorm::param_t<T>>
+std::optional<Array<P>> channel_param(const char* fn, const char* name, const py::handle& obj,
                                       int64_t c) {
   if (obj.is_none()) return std::nullopt;
   py::array a = py::array::ensure(obj);
   if (!a) fail(fn, std::string(name) + " must be None or convertible to a NumPy array");
-  check_same_dtype<T>(fn, name, a);
+  check_same_dtype<P>(fn, name, a, param_why<T>());
   check_channels(fn, name, a, c);
-  return tensor<T>(fn, name, a);
+  return tensor<P>(fn, name, a);
 }
 
 // A running statistic, updated in place: it must be the caller's own array,
 // since a converted copy would silently drop the update.
-template <class T>
-std::optional<Array<T>> running_stat(const char* fn, const char* name, const py::handle& obj,
+template <class T, class P = bnorm::param_t<T>>
+std::optional<Array<P>> running_stat(const char* fn, const char* name, const py::handle& obj,
                                      int64_t c) {
   if (obj.is_none()) return std::nullopt;
   if (!py::isinstance<py::array>(obj))
     fail(fn, std::string(name) + " must be a NumPy array (it is updated in place), got " +
                  py::str(py::type::of(obj)).cast<std::string>());
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  check_same_dtype<T>(fn, name, a);
+  check_same_dtype<P>(fn, name, a, param_why<T>());
   check_channels(fn, name, a, c);
   if (!a.writeable()) fail(fn, std::string(name) + " must be writeable (it is updated in place)");
   if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
     fail(fn, std::string(name) + " must be contiguous and aligned (it is updated in place), " +
                  "got strides (" + std::to_string(a.strides(0)) + ",)");
-  return Array<T>::ensure(a);
+  return Array<P>::ensure(a);
 }
 
 template <class T>
@@ -160,8 +197,8 @@ TrainResult train_impl(const char* fn, const py::array& input, const py::handle&
                        const py::handle& bias, const py::handle& running_mean,
                        const py::handle& running_var, std::optional<double> momentum, double eps,
                        bool channels_last, std::optional<int64_t> num_batches_tracked,
-                       bool want_saved, bool unbiased_running_var,
-                       std::optional<int64_t> virtual_batch_size) {
+                       bool want_saved, bool unbiased_running_var = true,
+                       std::optional<int64_t> virtual_batch_size = std::nullopt) {
   const Array<T> x = tensor<T>(fn, "input", input);
   const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
   const auto w = channel_param<T>(fn, "weight", weight, shape.c);
@@ -175,7 +212,7 @@ TrainResult train_impl(const char* fn, const py::array& input, const py::handle&
   const int64_t groups =
       virtual_batch_size ? std::max<int64_t>(1, bnorm::ghost_groups(shape.n, *virtual_batch_size))
                          : 0;
-  std::optional<Array<T>> mean, invstd;
+  std::optional<Array<bnorm::param_t<T>>> mean, invstd;
   if (want_saved) {
     if (virtual_batch_size) {
       mean.emplace(std::vector<py::ssize_t>{groups, shape.c});
@@ -241,23 +278,24 @@ py::tuple backward_impl(const char* fn, bool frozen, const py::array& grad_outpu
   const auto w = channel_param<T>(fn, "weight", weight, shape.c);
   if (virtual_batch_size) {
     // Ghost batch norm: one row of saved statistics per group.
+    using P = bnorm::param_t<T>;
+    if (*virtual_batch_size < 2)
+      fail(fn, "virtual_batch_size must be >= 2, got " + std::to_string(*virtual_batch_size));
     const int64_t groups = bnorm::ghost_groups(shape.n, *virtual_batch_size);
     const auto saved = [&](const char* name, const py::handle& obj) {
       if (obj.is_none()) fail(fn, std::string(name) + " must be an array, got None");
       py::array a = py::array::ensure(obj);
       if (!a) fail(fn, std::string(name) + " must be convertible to a NumPy array");
-      check_same_dtype<T>(fn, name, a);
+      check_same_dtype<P>(fn, name, a, param_why<T>());
       if (a.ndim() != 2 || a.shape(0) != groups || a.shape(1) != shape.c)
         fail(fn, std::string(name) + " must have shape (" + std::to_string(groups) + ", " +
                      std::to_string(shape.c) + ") (groups of virtual_batch_size " +
                      std::to_string(*virtual_batch_size) + ", channels), got " + shape_str(a));
-      return tensor<T>(fn, name, a);
+      return tensor<P>(fn, name, a);
     };
-    if (*virtual_batch_size < 2)
-      fail(fn, "virtual_batch_size must be >= 2, got " + std::to_string(*virtual_batch_size));
-    const Array<T> mu = saved(mean_name, mean), sd = saved(spread_name, invstd_or_var);
+    const Array<P> mu = saved(mean_name, mean), sd = saved(spread_name, invstd_or_var);
     Array<T> dx = empty_like(x);
-    std::optional<Array<T>> dweight, dbias;
+    std::optional<Array<P>> dweight, dbias;
     if (w) {
       dweight.emplace(shape.c);
       dbias.emplace(shape.c);
@@ -276,17 +314,18 @@ py::tuple backward_impl(const char* fn, bool frozen, const py::array& grad_outpu
   const auto spread = channel_param<T>(fn, spread_name, invstd_or_var, shape.c);
   if (!mu) fail(fn, std::string(mean_name) + " must be an array, got None");
   if (!spread) fail(fn, std::string(spread_name) + " must be an array, got None");
-  Array<T> invstd = *spread;
+  using P = bnorm::param_t<T>;
+  Array<P> invstd = *spread;
   if (frozen) {
     if (!std::isfinite(*eps) || *eps <= 0)
       fail(fn, "eps must be finite and > 0, got " + std::to_string(*eps));
-    invstd = Array<T>(shape.c);
-    T* out = invstd.mutable_data();
+    invstd = Array<P>(shape.c);
+    P* out = invstd.mutable_data();
     for (int64_t k = 0; k < shape.c; ++k)
-      out[k] = T(1.0 / std::sqrt(double(spread->data()[k]) + *eps));
+      out[k] = P(1.0 / std::sqrt(double(spread->data()[k]) + *eps));
   }
   Array<T> dx = empty_like(x);
-  std::optional<Array<T>> dweight, dbias;
+  std::optional<Array<P>> dweight, dbias;
   if (w) {
     dweight.emplace(shape.c);
     dbias.emplace(shape.c);
@@ -309,18 +348,13 @@ py::object batch_norm(const py::object& input, const py::object& running_mean,
                       bool unbiased_running_var) {
   constexpr const char* fn = "batch_norm";
   const py::array x = float_array(fn, "input", input);
-  if (training) {
-    auto r = is_float64(x) ? train_impl<double>(fn, x, weight, bias, running_mean, running_var,
-                                                momentum, eps, channels_last, num_batches_tracked,
-                                                false, unbiased_running_var, std::nullopt)
-                           : train_impl<float>(fn, x, weight, bias, running_mean, running_var,
-                                               momentum, eps, channels_last, num_batches_tracked,
-                                               false, unbiased_running_var, std::nullopt);
-    return r.y;
-  }
-  return is_float64(x)
-             ? eval_impl<double>(fn, x, running_mean, running_var, weight, bias, eps, channels_last)
-             : eval_impl<float>(fn, x, running_mean, running_var, weight, bias, eps, channels_last);
+  return by_dtype(x, [&]<class T>() -> py::object {
+    if (training)
+      return train_impl<T>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                           channels_last, num_batches_tracked, false, unbiased_running_var)
+          .y;
+    return eval_impl<T>(fn, x, running_mean, running_var, weight, bias, eps, channels_last);
+  });
 }
 
 py::tuple batch_norm_train(const py::object& input, const py::object& weight,
@@ -331,12 +365,11 @@ py::tuple batch_norm_train(const py::object& input, const py::object& weight,
                            std::optional<int64_t> virtual_batch_size) {
   constexpr const char* fn = "batch_norm_train";
   const py::array x = float_array(fn, "input", input);
-  auto r = is_float64(x) ? train_impl<double>(fn, x, weight, bias, running_mean, running_var,
-                                              momentum, eps, channels_last, num_batches_tracked,
-                                              true, unbiased_running_var, virtual_batch_size)
-                         : train_impl<float>(fn, x, weight, bias, running_mean, running_var,
-                                             momentum, eps, channels_last, num_batches_tracked,
-                                             true, unbiased_running_var, virtual_batch_size);
+  auto r = by_dtype(x, [&]<class T>() {
+    return train_impl<T>(fn, x, weight, bias, running_mean, running_var, momentum, eps,
+                         channels_last, num_batches_tracked, true, unbiased_running_var,
+                         virtual_batch_size);
+  });
   return py::make_tuple(r.y, r.save_mean, r.save_invstd);
 }
 
@@ -347,10 +380,10 @@ py::tuple batch_norm_backward(const py::object& grad_output, const py::object& i
   constexpr const char* fn = "batch_norm_backward";
   const py::array x = float_array(fn, "input", input);
   const py::array dy = float_array(fn, "grad_output", grad_output);
-  return is_float64(x) ? backward_impl<double>(fn, false, dy, x, weight, save_mean, save_invstd,
-                                               std::nullopt, channels_last, virtual_batch_size)
-                       : backward_impl<float>(fn, false, dy, x, weight, save_mean, save_invstd,
-                                              std::nullopt, channels_last, virtual_batch_size);
+  return by_dtype(x, [&]<class T>() {
+    return backward_impl<T>(fn, false, dy, x, weight, save_mean, save_invstd, std::nullopt,
+                            channels_last, virtual_batch_size);
+  });
 }
 
 template <class T>
@@ -358,6 +391,7 @@ py::tuple renorm_train_impl(const char* fn, const py::array& input, const py::ha
                             const py::handle& running_var, const py::handle& weight,
                             const py::handle& bias, double rmax, double dmax, double momentum,
                             double eps, bool channels_last, bool unbiased_running_var) {
+  using P = bnorm::param_t<T>;
   const Array<T> x = tensor<T>(fn, "input", input);
   const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
   const auto w = channel_param<T>(fn, "weight", weight, shape.c);
@@ -370,7 +404,8 @@ py::tuple renorm_train_impl(const char* fn, const py::array& input, const py::ha
   auto rv = running_stat<T>(fn, "running_var", running_var, shape.c);
   bnorm::Options options{eps, momentum, 0};
   options.unbiased_running_var = unbiased_running_var;
-  Array<T> y = empty_like(x), mean(shape.c), invstd(shape.c), r(shape.c), d(shape.c);
+  Array<T> y = empty_like(x);
+  Array<P> mean(shape.c), invstd(shape.c), r(shape.c), d(shape.c);
   {
     py::gil_scoped_release nogil;
     bnorm::batch_renorm_forward_training(
@@ -388,11 +423,10 @@ py::tuple batch_renorm_train(const py::object& input, const py::object& running_
                              double eps, bool channels_last, bool unbiased_running_var) {
   constexpr const char* fn = "batch_renorm_train";
   const py::array x = float_array(fn, "input", input);
-  return is_float64(x)
-             ? renorm_train_impl<double>(fn, x, running_mean, running_var, weight, bias, rmax, dmax,
-                                         momentum, eps, channels_last, unbiased_running_var)
-             : renorm_train_impl<float>(fn, x, running_mean, running_var, weight, bias, rmax, dmax,
-                                        momentum, eps, channels_last, unbiased_running_var);
+  return by_dtype(x, [&]<class T>() {
+    return renorm_train_impl<T>(fn, x, running_mean, running_var, weight, bias, rmax, dmax,
+                                momentum, eps, channels_last, unbiased_running_var);
+  });
 }
 
 template <class T>
@@ -400,6 +434,7 @@ py::tuple renorm_backward_impl(const char* fn, const py::array& grad_output, con
                                const py::handle& weight, const py::handle& save_mean,
                                const py::handle& save_invstd, const py::handle& r_obj,
                                const py::handle& d_obj, bool channels_last) {
+  using P = bnorm::param_t<T>;
   check_same_dtype<T>(fn, "grad_output", grad_output);
   const Array<T> x = tensor<T>(fn, "input", input);
   const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
@@ -417,7 +452,7 @@ py::tuple renorm_backward_impl(const char* fn, const py::array& grad_output, con
                                 std::pair{&r, "r"}, std::pair{&d, "d"}})
     if (!*a) fail(fn, std::string(name) + " must be an array, got None");
   Array<T> dx = empty_like(x);
-  std::optional<Array<T>> dweight, dbias;
+  std::optional<Array<P>> dweight, dbias;
   if (w) {
     dweight.emplace(shape.c);
     dbias.emplace(shape.c);
@@ -440,10 +475,9 @@ py::tuple batch_renorm_backward(const py::object& grad_output, const py::object&
   constexpr const char* fn = "batch_renorm_backward";
   const py::array x = float_array(fn, "input", input);
   const py::array dy = float_array(fn, "grad_output", grad_output);
-  return is_float64(x) ? renorm_backward_impl<double>(fn, dy, x, weight, save_mean, save_invstd, r,
-                                                      d, channels_last)
-                       : renorm_backward_impl<float>(fn, dy, x, weight, save_mean, save_invstd, r,
-                                                     d, channels_last);
+  return by_dtype(x, [&]<class T>() {
+    return renorm_backward_impl<T>(fn, dy, x, weight, save_mean, save_invstd, r, d, channels_last);
+  });
 }
 
 py::tuple batch_norm_backward_eval(const py::object& grad_output, const py::object& input,
@@ -452,17 +486,20 @@ py::tuple batch_norm_backward_eval(const py::object& grad_output, const py::obje
   constexpr const char* fn = "batch_norm_backward_eval";
   const py::array x = float_array(fn, "input", input);
   const py::array dy = float_array(fn, "grad_output", grad_output);
-  return is_float64(x) ? backward_impl<double>(fn, true, dy, x, weight, running_mean, running_var,
-                                               eps, channels_last)
-                       : backward_impl<float>(fn, true, dy, x, weight, running_mean, running_var,
-                                              eps, channels_last);
+  return by_dtype(x, [&]<class T>() {
+    return backward_impl<T>(fn, true, dy, x, weight, running_mean, running_var, eps, channels_last);
+  });
 }
 
 constexpr const char* module_doc = R"doc(
 Batch normalization on the CPU with the semantics of torch.nn.functional.batch_norm.
 
-Arrays are NumPy arrays of dtype float32 or float64; every array of a call
-must have the dtype of ``input``. ``input`` has shape (N, C, *spatial), or is
+Arrays are NumPy arrays of dtype float16, float32 or float64; every array of
+a call must have the dtype of ``input``, except that float16 input takes
+float32 per-channel arrays (weight, bias, running and saved statistics) and
+returns float32 statistics and parameter gradients, as torch's
+mixed-precision batch norm: float16 values are computed in float32 and
+rounded once to float16. ``input`` has shape (N, C, *spatial), or is
 stored as (N, *spatial, C) when ``channels_last=True``. A C-contiguous input
 of the right dtype is read in place (no copy); anything else is copied once.
 The GIL is released while the kernels run. Bad arguments raise ValueError

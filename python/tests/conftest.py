@@ -21,9 +21,11 @@ torch.set_num_threads(1)
 
 
 def pytest_terminal_summary(terminalreporter):
+    write = terminalreporter.write_line
+    for note in oracle.NOTES:
+        write(note)
     if not oracle.ERRORS:
         return
-    write = terminalreporter.write_line
     write("largest |bnorm - torch|, and as a multiple of eps x scale "
           f"(allowed {oracle.TOLERANCE}):")
     for (dtype, quantity), (ratio, err) in sorted(oracle.ERRORS.items()):

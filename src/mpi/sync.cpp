@@ -41,7 +41,10 @@ void check_data(const char* fn, const Shape& shape, const void* p, const char* n
 
 template <class T>
 constexpr int64_t dtype_code() {
-  return std::is_same_v<T, float> ? 1 : 2;
+  if constexpr (std::is_same_v<T, float>) return 1;
+  if constexpr (std::is_same_v<T, double>) return 2;
+  if constexpr (std::is_same_v<T, bfloat16>) return 3;
+  return 4;
 }
 
 int64_t bits(double v) {
@@ -54,10 +57,13 @@ int64_t bits(double v) {
 
 template <class T>
 void forward_training_checked(const char* fn, const std::function<void()>& extra_check,
-                              MPI_Comm comm, const Shape& local, const T* x, const T* weight,
-                              const T* bias, T* y, T* save_mean, T* save_invstd, T* running_mean,
-                              T* running_var, const Options& options, const RenormLimits* renorm,
-                              T* r, T* d) {
+                              MPI_Comm comm, const Shape& local, const T* x,
+                              const param_t<T>* weight, const param_t<T>* bias, T* y,
+                              param_t<T>* save_mean, param_t<T>* save_invstd,
+                              param_t<T>* running_mean, param_t<T>* running_var,
+                              const Options& options, const RenormLimits* renorm, param_t<T>* r,
+                              param_t<T>* d) {
+  using P = param_t<T>;
   Agreement mine;
   double factor = 0;
   const bool track = running_mean != nullptr;
@@ -115,8 +121,8 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
       const cpu::RenormCorrection rd =
           cpu::renorm_correction(double(running_mean[k]), double(running_var[k]), mean[k], var,
                                  options.eps, renorm->rmax, renorm->dmax);
-      if (r) r[k] = T(rd.r);
-      if (d) d[k] = T(rd.d);
+      if (r) r[k] = P(rd.r);
+      if (d) d[k] = P(rd.d);
       cpu::fold_renorm(rd, g, b);
     }
     scale[k] = g * invstd[k];
@@ -124,13 +130,13 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
   }
   if (local.n > 0) cpu::normalize(local, x, mean.data(), scale.data(), shift.data(), y);
   for (size_t k = 0; k < cs; ++k) {
-    if (save_mean) save_mean[k] = T(mean[k]);
-    if (save_invstd) save_invstd[k] = T(invstd[k]);
+    if (save_mean) save_mean[k] = P(mean[k]);
+    if (save_invstd) save_invstd[k] = P(invstd[k]);
     if (track) {
-      // The (unbiased) variance written as the core writes it.
+      // The unbiased variance M2 / (m - 1) written as the core writes it.
       const double var = stats[k].m2 / m;
-      running_mean[k] = T((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = T(cpu::running_var_update(double(running_var[k]), factor, var, m,
+      running_mean[k] = P((1 - factor) * double(running_mean[k]) + factor * mean[k]);
+      running_var[k] = P(cpu::running_var_update(double(running_var[k]), factor, var, m,
                                                  options.unbiased_running_var));
     }
   }
@@ -138,9 +144,11 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
 
 template <class T>
 void backward_checked(const char* fn, const std::function<void()>& extra_check, MPI_Comm comm,
-                      const Shape& local, const T* dy, const T* x, const T* weight,
-                      const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias,
-                      const T* r, const T* d) {
+                      const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+                      const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+                      param_t<T>* dweight, param_t<T>* dbias, const param_t<T>* r,
+                      const param_t<T>* d) {
+  using P = param_t<T>;
   Agreement mine;
   mine.local_error = local_error([&] {
     extra_check();
@@ -177,12 +185,12 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
     if (r) {
       // Batch Renormalization: r and d are constants; weight * r scales.
       const cpu::RenormCorrection rd{double(r[k]), double(d[k])};
-      if (dweight) dweight[k] = T(cpu::renorm_dweight(rd, sums[k].dy_xhat, sums[k].dy));
+      if (dweight) dweight[k] = P(cpu::renorm_dweight(rd, sums[k].dy_xhat, sums[k].dy));
       g *= rd.r;
     } else if (dweight) {
-      dweight[k] = T(sums[k].dy_xhat);
+      dweight[k] = P(sums[k].dy_xhat);
     }
-    if (dbias) dbias[k] = T(sums[k].dy);
+    if (dbias) dbias[k] = P(sums[k].dy);
     const double g_invstd = g * invstd;
     a[k] = g_invstd;
     b[k] = -g_invstd * invstd * sums[k].dy_xhat / m;
@@ -193,27 +201,29 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
 }
 
 template <class T>
-void forward_training(MPI_Comm comm, const Shape& local, const T* x, const T* weight, const T* bias,
-                      T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
-                      const Options& options) {
+void forward_training(MPI_Comm comm, const Shape& local, const T* x, const param_t<T>* weight,
+                      const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
+                      param_t<T>* running_mean, param_t<T>* running_var, const Options& options) {
   forward_training_checked(
       "mpi::forward_training", [] {}, comm, local, x, weight, bias, y, save_mean, save_invstd,
       running_mean, running_var, options);
 }
 
 template <class T>
-void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const T* weight,
-              const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias) {
+void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+              const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+              param_t<T>* dweight, param_t<T>* dbias) {
   backward_checked(
       "mpi::backward", [] {}, comm, local, dy, x, weight, save_mean, save_invstd, dx, dweight,
       dbias);
 }
 
 template <class T>
-void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x, const T* weight,
-                                   const T* bias, T* y, T* save_mean, T* save_invstd, T* r, T* d,
-                                   T* running_mean, T* running_var, const RenormLimits& limits,
-                                   const Options& options) {
+void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x,
+                                   const param_t<T>* weight, const param_t<T>* bias, T* y,
+                                   param_t<T>* save_mean, param_t<T>* save_invstd, param_t<T>* r,
+                                   param_t<T>* d, param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options) {
   forward_training_checked(
       "mpi::batch_renorm_forward_training", [] {}, comm, local, x, weight, bias, y, save_mean,
       save_invstd, running_mean, running_var, options, &limits, r, d);
@@ -221,8 +231,9 @@ void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x
 
 template <class T>
 void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x,
-                           const T* weight, const T* save_mean, const T* save_invstd, const T* r,
-                           const T* d, T* dx, T* dweight, T* dbias) {
+                           const param_t<T>* weight, const param_t<T>* save_mean,
+                           const param_t<T>* save_invstd, const param_t<T>* r, const param_t<T>* d,
+                           T* dx, param_t<T>* dweight, param_t<T>* dbias) {
   // r and d null would silently give batch norm's gradient: check them here.
   backward_checked(
       "mpi::batch_renorm_backward",
@@ -235,22 +246,29 @@ void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const
 
 #define BNORM_MPI_INSTANTIATE(T)                                                                  \
   template void forward_training_checked<T>(                                                      \
-      const char*, const std::function<void()>&, MPI_Comm, const Shape&, const T*, const T*,      \
-      const T*, T*, T*, T*, T*, T*, const Options&, const RenormLimits*, T*, T*);                 \
+      const char*, const std::function<void()>&, MPI_Comm, const Shape&, const T*,                \
+      const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*,            \
+      param_t<T>*, const Options&, const RenormLimits*, param_t<T>*, param_t<T>*);                \
   template void backward_checked<T>(const char*, const std::function<void()>&, MPI_Comm,          \
-                                    const Shape&, const T*, const T*, const T*, const T*,         \
-                                    const T*, T*, T*, T*, const T*, const T*);                    \
-  template void forward_training<T>(MPI_Comm, const Shape&, const T*, const T*, const T*, T*, T*, \
-                                    T*, T*, T*, const Options&);                                  \
-  template void backward<T>(MPI_Comm, const Shape&, const T*, const T*, const T*, const T*,       \
-                            const T*, T*, T*, T*);                                                \
-  template void batch_renorm_forward_training<T>(MPI_Comm, const Shape&, const T*, const T*,      \
-                                                 const T*, T*, T*, T*, T*, T*, T*, T*,            \
-                                                 const RenormLimits&, const Options&);            \
-  template void batch_renorm_backward<T>(MPI_Comm, const Shape&, const T*, const T*, const T*,    \
-                                         const T*, const T*, const T*, const T*, T*, T*, T*);
+                                    const Shape&, const T*, const T*, const param_t<T>*,          \
+                                    const param_t<T>*, const param_t<T>*, T*, param_t<T>*,        \
+                                    param_t<T>*, const param_t<T>*, const param_t<T>*);           \
+  template void forward_training<T>(MPI_Comm, const Shape&, const T*, const param_t<T>*,          \
+                                    const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*, \
+                                    param_t<T>*, const Options&);                                 \
+  template void backward<T>(MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*,        \
+                            const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);  \
+  template void batch_renorm_forward_training<T>(                                                 \
+      MPI_Comm, const Shape&, const T*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*,    \
+      param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*, const RenormLimits&,       \
+      const Options&);                                                                            \
+  template void batch_renorm_backward<T>(                                                         \
+      MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*, const param_t<T>*,           \
+      const param_t<T>*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);
 BNORM_MPI_INSTANTIATE(float)
 BNORM_MPI_INSTANTIATE(double)
+BNORM_MPI_INSTANTIATE(bfloat16)
+BNORM_MPI_INSTANTIATE(float16)
 #undef BNORM_MPI_INSTANTIATE
 
 }  // namespace bnorm::mpi
