@@ -254,3 +254,71 @@ TEST(RenormSchedule, PapersMarks) {
 }
 
 }  // namespace bnorm::test
+
+namespace bnorm::test {
+namespace ref = bnorm::reference;
+
+// The 16-bit element types: tensors in T, per-channel arrays in P = float.
+template <class T>
+class RenormNarrow : public ::testing::Test {};
+using NarrowTypes = ::testing::Types<bfloat16, float16>;
+TYPED_TEST_SUITE(RenormNarrow, NarrowTypes);
+
+TYPED_TEST(RenormNarrow, MatchesReferenceAndIsBatchNormAtRmaxOneDmaxZero) {
+  using T = TypeParam;
+  using P = param_t<T>;
+  uint64_t seed = 900;
+  for (const Shape& shape : {Shape{6, 3, 5, Layout::NCHW}, Shape{9, 4, 3, Layout::NHWC},
+                             Shape{16, 5, 1, Layout::NCHW}}) {
+    SCOPED_TRACE(describe(shape));
+    const size_t numel = size_t(shape.numel()), c = size_t(shape.c);
+    const auto x = cast<T>(random_values(numel, ++seed, 0.3, 1.5));
+    const auto dy = cast<T>(random_values(numel, ++seed));
+    const auto w = cast<P>(random_values(c, ++seed, 1.0, 0.5));
+    const auto b = cast<P>(random_values(c, ++seed));
+    const auto xr = widen<T>(x);
+    // Running statistics that clip r at 3 and d at -5 in every channel.
+    const auto batch = ref::forward_training(shape, xr, {}, {}, 1e-5);
+    std::vector<P> rm(c), rv(c);
+    for (size_t k = 0; k < c; ++k) {
+      rv[k] = P(batch.var[k] / 100);
+      rm[k] = P(batch.mean[k] + 8 * std::sqrt(batch.var[k]) / 10);
+    }
+    const auto want = ref::batch_renorm_forward_training(
+        shape, xr, widen<P>(w), widen<P>(b), widen<P>(rm), widen<P>(rv), 3.0, 5.0, 0.1, 1e-5, true);
+    std::vector<T> y(numel), dx(numel);
+    std::vector<P> mean(c), invstd(c), r(c), d(c), rm1 = rm, rv1 = rv, dw(c), db(c);
+    Options opt;
+    batch_renorm_forward_training<T>(shape, x.data(), w.data(), b.data(), y.data(), mean.data(),
+                                     invstd.data(), r.data(), d.data(), rm1.data(), rv1.data(),
+                                     {3.0, 5.0}, opt);
+    for (size_t k = 0; k < c; ++k) {
+      EXPECT_EQ(r[k], P(3.0));
+      EXPECT_EQ(d[k], P(-5.0));
+    }
+    // y: one rounding to T of values up to max |y|, after float arithmetic.
+    EXPECT_LE(rounding_ratio(widen<T>(y), want.y, unit_roundoff<T>(), 1e-5 * max_abs(want.y)), 1.0);
+    EXPECT_LT(scaled_error(widen<P>(rv1), want.running_var), 1e-5);
+    batch_renorm_backward<T>(shape, dy.data(), x.data(), w.data(), mean.data(), invstd.data(),
+                             r.data(), d.data(), dx.data(), dw.data(), db.data());
+    const auto g = ref::batch_renorm_backward(shape, widen<T>(dy), xr, widen<P>(w), widen<P>(r),
+                                              widen<P>(d), 1e-5);
+    EXPECT_LT(scaled_error(widen<P>(dw), g.dweight), 1e-5);
+    EXPECT_LT(scaled_error(widen<P>(db), g.dbias), 1e-5);
+    // dx is rounded to T once: a few units of T's roundoff of its scale.
+    EXPECT_LT(scaled_error(widen<T>(dx), g.dx), 4 * unit_roundoff<T>());
+
+    // rmax = 1, dmax = 0: batch norm, bit for bit.
+    std::vector<T> y2(numel), y3(numel);
+    std::vector<P> m2(c), s2(c), rm2 = rm, rv2 = rv, m3(c), s3(c), rm3 = rm, rv3 = rv;
+    batch_renorm_forward_training<T>(shape, x.data(), w.data(), b.data(), y2.data(), m2.data(),
+                                     s2.data(), r.data(), d.data(), rm2.data(), rv2.data(),
+                                     {1.0, 0.0}, opt);
+    forward_training<T>(shape, x.data(), w.data(), b.data(), y3.data(), m3.data(), s3.data(),
+                        rm3.data(), rv3.data(), opt);
+    EXPECT_EQ(0, std::memcmp(y2.data(), y3.data(), numel * sizeof(T)));
+    EXPECT_EQ(0, std::memcmp(rv2.data(), rv3.data(), c * sizeof(P)));
+  }
+}
+
+}  // namespace bnorm::test
