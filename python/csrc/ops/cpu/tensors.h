@@ -34,9 +34,34 @@ inline std::vector<int64_t> channel_first_order(int64_t dim) {
   return order;
 }
 
+// Decided from the strides alone: a permuted view per call would cost a
+// tensor allocation, a good part of a small layer's time.
 inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() >= 3 && !t.is_contiguous() &&
-         t.permute(channel_last_order(t.dim())).is_contiguous();
+  if (t.dim() < 3 || t.is_contiguous()) return false;
+  int64_t expected = 1;  // dense in the order C, last spatial dim, ..., first, N
+  const int64_t rank = t.dim();
+  auto dense = [&](int64_t d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) return false;
+    expected *= t.size(d);
+    return true;
+  };
+  if (!dense(1)) return false;
+  for (int64_t d = rank - 1; d >= 2; --d)
+    if (!dense(d)) return false;
+  return dense(0);
+}
+
+// Strides of a dense channels-last tensor of the given sizes.
+inline std::vector<int64_t> channels_last_strides(at::IntArrayRef sizes) {
+  const int64_t rank = int64_t(sizes.size());
+  std::vector<int64_t> strides(size_t(rank), 1);
+  int64_t step = sizes[1];
+  for (int64_t d = rank - 1; d >= 2; --d) {
+    strides[size_t(d)] = step;
+    step *= sizes[size_t(d)];
+  }
+  strides[0] = step;
+  return strides;
 }
 
 // t in the given memory order (a no-op when it already is).
@@ -48,9 +73,7 @@ inline at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
 
 inline at::Tensor empty_in_layout(const at::Tensor& like, bool channels_last) {
   if (!channels_last) return at::empty(like.sizes(), like.options());
-  std::vector<int64_t> stored;
-  for (int64_t d : channel_last_order(like.dim())) stored.push_back(like.size(d));
-  return at::empty(stored, like.options()).permute(channel_first_order(like.dim()));
+  return at::empty_strided(like.sizes(), channels_last_strides(like.sizes()), like.options());
 }
 
 inline Shape shape_of(const at::Tensor& x, bool channels_last) {
