@@ -14,6 +14,8 @@ functorch's batching see them like any ATen operator. On top of them:
   (statistics per group of ``virtual_batch_size`` samples), in ``stats.py``;
 - ``convert(module)``: every ``torch.nn.BatchNormXd`` in a model replaced by
   bnorm's, state and training flag carried over;
+- ``SyncBatchNorm``: torch.nn.SyncBatchNorm on the CPU, over torch.distributed
+  (gloo), with ``SyncBatchNorm.convert_sync_batchnorm``;
 - an ONNX symbolic, so ``torch.onnx.export`` writes a standard
   ``BatchNormalization`` node for bnorm's op in eval mode.
 
@@ -28,8 +30,9 @@ from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .stats import (BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, GhostBatchNorm1d,
                     GhostBatchNorm2d, GhostBatchNorm3d, renorm_schedule)
+from .sync import SyncBatchNorm
 from . import onnx as _onnx  # registers the ONNX symbolic
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "convert", "library_path",
-           "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d",
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "batch_norm", "convert",
+           "library_path", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d",
            "GhostBatchNorm2d", "GhostBatchNorm3d", "renorm_schedule"]
