@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/fast.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/renorm.hpp"
 #include "validate.hpp"
