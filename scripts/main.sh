@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: install what is missing, build, then `bnorm demo`: a gradient
-# check, then six experiments on Fashion-MNIST that answer the seed documents'
+# check, then seven experiments on Fashion-MNIST that answer the seed documents'
 # questions. It writes the report and its plots to docs/experiments.md and
 # docs/experiments/ (override with BNORM_DEMO_OUT=DIR); extra arguments go to
 # the demo (e.g. --full for the long runs).

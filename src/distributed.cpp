@@ -8,6 +8,7 @@
 
 #include "cpu/fast.hpp"
 #include "cpu/kernels.hpp"
+#include "cpu/renorm.hpp"
 #include "validate.hpp"
 
 namespace bnorm::distributed {

@@ -57,3 +57,24 @@ TEST(Conventions, LayerHonoursTheSetting) {
 }
 
 }  // namespace bnorm::test
+
+#include <bnorm/distributed.hpp>
+
+namespace bnorm::test {
+
+TEST(Conventions, DistributedForwardHonoursTheSetting) {
+  // Global statistics given: mean 3, biased var 3.5 over count 4.
+  const Shape local{2, 1, 1, Layout::NCHW};
+  const std::vector<double> x{1, 6}, mean{3.0}, var{3.5};
+  for (bool unbiased : {true, false}) {
+    std::vector<double> y(2), rm{1.0}, rv{1.0};
+    Options opt;
+    opt.momentum = 0.25;
+    opt.unbiased_running_var = unbiased;
+    distributed::forward_with_moments(local, x.data(), nullptr, nullptr, mean.data(), var.data(), 4,
+                                      y.data(), nullptr, nullptr, rm.data(), rv.data(), opt);
+    EXPECT_NEAR(rv[0], 0.75 + 0.25 * (unbiased ? 14.0 / 3.0 : 3.5), 1e-15);
+  }
+}
+
+}  // namespace bnorm::test

@@ -167,12 +167,14 @@ void experiment7(BatchRuns& runs, const Split& train_set, const Split& test, con
                         pct(br2.eval_acc), pct(bn2.eval_acc)),
       100 * worst_bn_gap, 100 * worst_br_gap, pct(br60.eval_acc), pct(bn60.eval_acc),
       ghost_vs_bn < 0.02
-          ? fmt::format("Ghost batch norm inside batches of 60 ends where batch norm trained on "
-                        "batches of the virtual size ends, within {:.1f} points in eval mode ({}): "
-                        "what fails at small batches is normalizing with the statistics of a few "
-                        "samples, not the noise of a gradient over a few samples, since here the "
-                        "gradient averages over 60 and the small groups hurt all the same.",
-                        100 * ghost_vs_bn, ghost_pairs)
+          ? fmt::format(
+                "Ghost batch norm inside batches of 60 ends where batch norm trained on "
+                "batches of the virtual size ends, within {:.1f} points in eval mode ({}): "
+                "what fails at small batches is normalizing with the statistics of a few "
+                "samples, not the noise of a gradient over a few samples: here the gradient "
+                "averages over 60 (learning rate 0.1, against 0.1 x batch/60 over more "
+                "steps for batch norm) and the small groups hurt all the same.",
+                100 * ghost_vs_bn, ghost_pairs)
           : fmt::format("Ghost batch norm inside batches of 60 differs from batch norm trained "
                         "on batches of the virtual size by up to {:.1f} points in eval mode ({}).",
                         100 * ghost_vs_bn, ghost_pairs));
