@@ -9,6 +9,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "commands.hpp"
@@ -37,16 +38,42 @@ struct Row {
 };
 
 template <class T>
+double as_double(T v) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return double(v);
+  } else {
+    return double(float(v));  // bfloat16, float16: exact
+  }
+}
+
+template <class T>
+std::vector<double> widen(const std::vector<T>& v) {
+  std::vector<double> out;
+  for (const T& e : v) out.push_back(as_double(e));
+  return out;
+}
+
+template <class T>
+std::vector<T> narrow(const std::vector<double>& v) {
+  std::vector<T> out;
+  for (double e : v) out.push_back(T(e));
+  return out;
+}
+
+// x, dy in T, weights and statistics in param_t<T>; the reference sees the
+// rounded inputs.
+template <class T>
 void check_fast_path(const Shape& shape, const std::vector<double>& x0,
                      const std::vector<double>& dy0, const std::vector<double>& w0,
                      const std::vector<double>& b0, double eps, Row& y_row, Row& dx_row,
                      Row& param_row) {
-  const std::vector<T> x(x0.begin(), x0.end()), dy(dy0.begin(), dy0.end()), w(w0.begin(), w0.end()),
-      b(b0.begin(), b0.end());
-  const std::vector<double> xr(x.begin(), x.end()), dyr(dy.begin(), dy.end()),
-      wr(w.begin(), w.end()), br(b.begin(), b.end());
+  using P = param_t<T>;
+  const auto x = narrow<T>(x0), dy = narrow<T>(dy0);
+  const auto w = narrow<P>(w0), b = narrow<P>(b0);
+  const auto xr = widen(x), dyr = widen(dy), wr = widen(w), br = widen(b);
   const size_t c = size_t(shape.c);
-  std::vector<T> y(x.size()), mean(c), invstd(c), dx(x.size()), dw(c), db(c);
+  std::vector<T> y(x.size()), dx(x.size());
+  std::vector<P> mean(c), invstd(c), dw(c), db(c);
   Options opt;
   opt.eps = eps;
   forward_training<T>(shape, x.data(), w.data(), b.data(), y.data(), mean.data(), invstd.data(),
@@ -55,11 +82,9 @@ void check_fast_path(const Shape& shape, const std::vector<double>& x0,
               dw.data(), db.data());
   const auto fwd = ref::forward_training(shape, xr, wr, br, eps);
   const auto g = ref::backward(ref::Method::staged, shape, dyr, xr, wr, eps);
-  y_row.add(error({y.begin(), y.end()}, fwd.y));
-  dx_row.add(
-      ref::dx_error(shape, std::vector<double>(dx.begin(), dx.end()), g.dx, dyr, wr, fwd.invstd));
-  param_row.add(
-      std::max(error({dw.begin(), dw.end()}, g.dweight), error({db.begin(), db.end()}, g.dbias)));
+  y_row.add(error(widen(y), fwd.y));
+  dx_row.add(ref::dx_error(shape, widen(dx), g.dx, dyr, wr, fwd.invstd));
+  param_row.add(std::max(error(widen(dw), g.dweight), error(widen(db), g.dbias)));
 }
 
 int run(bool quick, uint64_t seed) {
@@ -78,6 +103,16 @@ int run(bool quick, uint64_t seed) {
       {"fast float64 vs reference: y", 1e-13},
       {"fast float64 vs reference: dx", 1e-13},
       {"fast float64 vs reference: dgamma, dbeta", 1e-13},
+      // One rounding of the 16-bit type (2^-8, 2^-11 of the value) on top
+      // of the float32 computation, scaled like the other rows: by max |y|,
+      // and for dx by max |gamma invstd dy|, which dx itself may exceed a few
+      // times (its x_hat term); the parameter gradients are float.
+      {"fast bfloat16 vs reference: y", 0x1p-8 + 1e-6},
+      {"fast bfloat16 vs reference: dx", 4 * 0x1p-8 + 1e-6},
+      {"fast bfloat16 vs reference: dgamma, dbeta", 1e-6},
+      {"fast float16 vs reference: y", 0x1p-11 + 1e-6},
+      {"fast float16 vs reference: dx", 4 * 0x1p-11 + 1e-6},
+      {"fast float16 vs reference: dgamma, dbeta", 1e-6},
       {"staged vs closed form (paper): dx", 1e-13},
       {"staged vs compact form: dx", 1e-13},
       {"reference vs finite differences: dx", 1e-7},
@@ -93,18 +128,20 @@ int run(bool quick, uint64_t seed) {
     const auto b = random_values(c, rng, 0.0, 1.0);
     check_fast_path<float>(shape, x, dy, w, b, eps, rows[0], rows[1], rows[2]);
     check_fast_path<double>(shape, x, dy, w, b, eps, rows[3], rows[4], rows[5]);
+    check_fast_path<bfloat16>(shape, x, dy, w, b, eps, rows[6], rows[7], rows[8]);
+    check_fast_path<float16>(shape, x, dy, w, b, eps, rows[9], rows[10], rows[11]);
     const auto invstd = ref::forward_training(shape, x, w, b, eps).invstd;
     const auto staged = ref::backward(ref::Method::staged, shape, dy, x, w, eps);
     auto dx_err = [&](const std::vector<double>& got, const std::vector<double>& want) {
       return ref::dx_error(shape, got, want, dy, w, invstd);
     };
-    rows[6].add(
+    rows[12].add(
         dx_err(ref::backward(ref::Method::closed_form, shape, dy, x, w, eps).dx, staged.dx));
-    rows[7].add(dx_err(ref::backward(ref::Method::compact, shape, dy, x, w, eps).dx, staged.dx));
+    rows[13].add(dx_err(ref::backward(ref::Method::compact, shape, dy, x, w, eps).dx, staged.dx));
     if (shape.m() <= 2048) {  // finite differences cost O(m^2) per channel
       const auto fd = ref::finite_differences(shape, dy, x, w, b, eps);
-      rows[8].add(dx_err(staged.dx, fd.dx));
-      rows[9].add(std::max(error(staged.dweight, fd.dweight), error(staged.dbias, fd.dbias)));
+      rows[14].add(dx_err(staged.dx, fd.dx));
+      rows[15].add(std::max(error(staged.dweight, fd.dweight), error(staged.dbias, fd.dbias)));
     }
   }
   fmt::print(
