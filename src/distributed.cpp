@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/fast.hpp"
 #include "cpu/kernels.hpp"
 #include "validate.hpp"
 
@@ -88,7 +89,8 @@ void forward_with_moments(const Shape& local, const T* x, const param_t<T>* weig
     if (save_invstd) save_invstd[k] = P(invstd);
     if (running_mean) {
       running_mean[k] = P((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = P((1 - factor) * double(running_var[k]) + factor * var[k] * m / (m - 1));
+      running_var[k] = P(cpu::running_var_update(double(running_var[k]), factor, var[k], m,
+                                                 options.unbiased_running_var));
     }
   }
   if (local.numel() > 0) cpu::normalize(local, x, mean, scale.data(), shift.data(), y);

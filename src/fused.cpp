@@ -79,6 +79,7 @@ void fused_forward_training(const Shape& shape, const T* x, const T* residual,
   out.running_var = running_var;
   out.eps = options.eps;
   out.factor = factor;
+  out.unbiased_running_var = options.unbiased_running_var;
   for (int64_t k = 0; k < c; ++k)
     cpu::finish_forward_channel(out, double(shape.m()), k, mean[size_t(k)], var[size_t(k)],
                                 mu[size_t(k)], scale[size_t(k)], shift[size_t(k)]);

@@ -32,6 +32,15 @@ BatchNorm<T>::BatchNorm(int64_t num_features, double eps, std::optional<double> 
 }
 
 template <class T>
+void BatchNorm<T>::set_virtual_batch_size(int64_t virtual_batch_size) {
+  if (virtual_batch_size != 0 && virtual_batch_size < 2)
+    detail::fail("BatchNorm::set_virtual_batch_size",
+                 "virtual_batch_size must be 0 (the whole batch) or >= 2, got " +
+                     std::to_string(virtual_batch_size));
+  virtual_batch_size_ = virtual_batch_size;
+}
+
+template <class T>
 std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   constexpr const char* fn = "BatchNorm::forward";
   detail::check_shape(fn, shape);
@@ -44,15 +53,24 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   const param_type* w = affine_ ? weight_.data() : nullptr;
   const param_type* b = affine_ ? bias_.data() : nullptr;
   std::vector<T> y(x.size());
-  std::vector<param_type> mean(static_cast<size_t>(c_)), invstd(static_cast<size_t>(c_));
   const bool batch_stats = training_ || !track_;
+  // Ghost batch norm in training mode: statistics per group of samples.
+  const int64_t vbs = training_ ? virtual_batch_size_ : 0;
+  const int64_t groups = vbs > 0 ? ghost_groups(shape.n, vbs) : 1;
+  std::vector<param_type> mean(size_t(groups * c_)), invstd(size_t(groups * c_));
   if (batch_stats) {
     const bool update = training_ && track_;
     Options options{eps_, momentum_, num_batches_tracked_ + 1};
-    forward_training(shape, x.data(), w, b, y.data(), mean.data(), invstd.data(),
-                     update ? running_mean_.data() : nullptr,
-                     update ? running_var_.data() : nullptr, options);
-    if (update) ++num_batches_tracked_;
+    options.unbiased_running_var = unbiased_running_var_;
+    param_type* rm = update ? running_mean_.data() : nullptr;
+    param_type* rv = update ? running_var_.data() : nullptr;
+    if (vbs > 0)
+      ghost_forward_training(shape, vbs, x.data(), w, b, y.data(), mean.data(), invstd.data(), rm,
+                             rv, options);
+    else
+      forward_training(shape, x.data(), w, b, y.data(), mean.data(), invstd.data(), rm, rv,
+                       options);
+    if (update) num_batches_tracked_ += groups;
   } else {
     forward_inference(shape, x.data(), w, b, running_mean_.data(), running_var_.data(), y.data(),
                       eps_);
@@ -66,6 +84,7 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   mean_ = std::move(mean);
   invstd_ = std::move(invstd);
   cache_batch_stats_ = batch_stats;
+  cache_virtual_batch_size_ = vbs;
   have_cache_ = true;
   return y;
 }
@@ -86,7 +105,10 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
   param_type* dw = affine_ ? g.dweight.data() : nullptr;
   param_type* db = affine_ ? g.dbias.data() : nullptr;
   const param_type* w = affine_ ? weight_.data() : nullptr;
-  if (cache_batch_stats_)
+  if (cache_virtual_batch_size_ > 0)
+    ghost_backward(shape_, cache_virtual_batch_size_, dy.data(), x_.data(), w, mean_.data(),
+                   invstd_.data(), g.dx.data(), dw, db);
+  else if (cache_batch_stats_)
     bnorm::backward(shape_, dy.data(), x_.data(), w, mean_.data(), invstd_.data(), g.dx.data(), dw,
                     db);
   else

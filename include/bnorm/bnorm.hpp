@@ -15,7 +15,12 @@
 //   running_mean = (1 - momentum) * running_mean + momentum * mean_k
 //   running_var  = (1 - momentum) * running_var  + momentum * var_k * m/(m-1)
 //
-// i.e. running_var tracks the unbiased variance. With momentum = nullopt the
+// i.e. running_var tracks the unbiased variance (PyTorch, cuDNN). With
+// Options::unbiased_running_var = false it tracks the batch variance var_k
+// itself (1/m), as ONNX BatchNormalization-15, Flax and Keras's unfused path
+// do. Those frameworks also state momentum as the decay of the old value:
+//   their momentum = 1 - bnorm's momentum
+// (ONNX's default 0.9 is bnorm's 0.1). With momentum = nullopt the
 // factor is 1 / num_batches_tracked (a cumulative average over the batches
 // seen, this one included); the caller must then pass that count in
 // Options::num_batches_tracked. The layer class BatchNorm keeps the count.
@@ -66,6 +71,10 @@ struct Options {
   // Batches seen including this one (>= 1); read only when momentum is nullopt
   // and running statistics are tracked.
   int64_t num_batches_tracked = 0;
+  // The variance the running variance averages: true, the unbiased
+  // var * m / (m - 1) (PyTorch, cuDNN); false, the batch variance var (ONNX,
+  // Flax, Keras). Normalization always uses the biased var.
+  bool unbiased_running_var = true;
 };
 
 // Threads the kernels use: 0 (the default) follows OpenMP (OMP_NUM_THREADS,
@@ -117,6 +126,88 @@ void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const 
                              const param_t<T>* mean, const param_t<T>* invstd, T* dx,
                              param_t<T>* dweight, param_t<T>* dbias);
 
+// ---- Batch Renormalization (Ioffe, 2017, arXiv:1702.03275, Algorithm 1) ----
+//
+// Per channel, with the running statistics as they are before this batch:
+//   sigma   = sqrt(running_var + eps),   sigma_B = sqrt(var_k + eps)
+//   r       = clip(sigma_B / sigma, 1/rmax, rmax)
+//   d       = clip((mean_k - running_mean) / sigma, -dmax, dmax)
+//   x_hat_i = (x_i - mean_k) / sigma_B * r + d
+//   y_i     = weight_k * x_hat_i + bias_k
+// then the running statistics are updated as forward_training does (same
+// momentum, same Options::unbiased_running_var convention). r and d are
+// constants for the gradient (stop-gradient), so backward is batch norm's
+// with weight * r in place of weight, and dweight = sum dy * x_hat. Inference
+// is forward_inference. rmax = 1, dmax = 0 gives r = 1, d = 0: batch norm,
+// bit for bit. Requires rmax >= 1 and dmax >= 0 (finite), the running
+// statistics (they define r and d), and m > 1.
+struct RenormLimits {
+  double rmax = 3.0;
+  double dmax = 5.0;
+};
+
+// The paper's schedule (Section 4.1): rmax = 1, dmax = 0 (batch norm) for the
+// first 5,000 steps, then relaxed linearly so that dmax reaches 5 at 25,000
+// steps and rmax reaches 3 at 40,000. scaled(f) multiplies the three marks,
+// e.g. by run_steps / 50,000 to fit a shorter run.
+struct RenormSchedule {
+  double hold = 5000, dmax_at = 25000, rmax_at = 40000;
+  double rmax = 3.0, dmax = 5.0;
+
+  RenormLimits at(int64_t step) const {
+    const auto ramp = [&](double end_step) {
+      if (double(step) <= hold) return 0.0;
+      if (double(step) >= end_step) return 1.0;
+      return (double(step) - hold) / (end_step - hold);
+    };
+    return {1.0 + (rmax - 1.0) * ramp(rmax_at), dmax * ramp(dmax_at)};
+  }
+  RenormSchedule scaled(double f) const { return {hold * f, dmax_at * f, rmax_at * f, rmax, dmax}; }
+};
+
+// save_mean, save_invstd, r, d: c outputs each, any may be null.
+template <class T>
+void batch_renorm_forward_training(const Shape& shape, const T* x, const param_t<T>* weight,
+                                   const param_t<T>* bias, T* y, param_t<T>* save_mean,
+                                   param_t<T>* save_invstd, param_t<T>* r, param_t<T>* d,
+                                   param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options = {});
+
+// Gradients with r and d held constant; r and d as forward returned them.
+template <class T>
+void batch_renorm_backward(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
+                           const param_t<T>* save_mean, const param_t<T>* save_invstd,
+                           const param_t<T>* r, const param_t<T>* d, T* dx, param_t<T>* dweight,
+                           param_t<T>* dbias);
+
+// ---- Ghost batch norm (Hoffer, Hubara and Soudry, 2017) --------------------
+//
+// The batch is split into consecutive groups of virtual_batch_size samples
+// (the last group may be smaller; it must still hold more than one value per
+// channel) and each group is normalized with its own statistics. The running
+// statistics are updated once per group, in order: exactly forward_training
+// applied to the groups one after another (with momentum = nullopt, group g
+// counts as batch num_batches_tracked + g). In both layouts a group is a
+// contiguous slice of the tensor, since n is the outermost dimension.
+// save_mean/save_invstd hold groups * c values, group after group, where
+// groups = ghost_groups(shape.n, virtual_batch_size). virtual_batch_size >= n
+// is batch norm. Requires virtual_batch_size >= 2, and the last group's
+// m = n_last * s > 1.
+int64_t ghost_groups(int64_t n, int64_t virtual_batch_size);
+
+template <class T>
+void ghost_forward_training(const Shape& shape, int64_t virtual_batch_size, const T* x,
+                            const param_t<T>* weight, const param_t<T>* bias, T* y,
+                            param_t<T>* save_mean, param_t<T>* save_invstd,
+                            param_t<T>* running_mean, param_t<T>* running_var,
+                            const Options& options = {});
+
+// Backward group by group; dweight and dbias are the sums over the groups.
+template <class T>
+void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy, const T* x,
+                    const param_t<T>* weight, const param_t<T>* save_mean,
+                    const param_t<T>* save_invstd, T* dx, param_t<T>* dweight, param_t<T>* dbias);
+
 // The layer as a network uses it: owns gamma, beta, the running statistics
 // and the batch counter, switches between train() and eval(), and caches in
 // forward what backward needs.
@@ -132,6 +223,15 @@ class BatchNorm {
   void train(bool on = true) { training_ = on; }
   void eval() { training_ = false; }
   bool training() const { return training_; }
+
+  // Options::unbiased_running_var for the running-statistics updates.
+  void set_unbiased_running_var(bool on) { unbiased_running_var_ = on; }
+  bool unbiased_running_var() const { return unbiased_running_var_; }
+  // Ghost batch norm in training mode (ghost_forward_training); 0, the
+  // default, normalizes over the whole batch. num_batches_tracked then
+  // counts groups. Throws std::invalid_argument for 1 or a negative size.
+  void set_virtual_batch_size(int64_t virtual_batch_size);
+  int64_t virtual_batch_size() const { return virtual_batch_size_; }
 
   // y for x of the given shape (shape.c must equal num_features). In training
   // mode, uses and updates batch statistics; in eval mode, the running ones
@@ -170,12 +270,15 @@ class BatchNorm {
   bool affine_;
   bool track_;
   bool training_ = true;
+  bool unbiased_running_var_ = true;
+  int64_t virtual_batch_size_ = 0;
   int64_t num_batches_tracked_ = 0;
   std::vector<param_type> weight_, bias_, running_mean_, running_var_;
   // What backward needs from the last forward.
   Shape shape_{};
   bool have_cache_ = false;
-  bool cache_batch_stats_ = false;  // normalized with batch statistics
+  bool cache_batch_stats_ = false;        // normalized with batch statistics
+  int64_t cache_virtual_batch_size_ = 0;  // the groups of the last forward, 0: none
   std::vector<T> x_;
   std::vector<param_type> mean_, invstd_;
 };

@@ -38,7 +38,7 @@ void local_moments(const Shape& local, const T* x, double* mean, double* m2);
 // mean and biased var (c values each, double) over count = N * s values per
 // channel (count >= 2). Writes y (the slice), save_mean, save_invstd and the
 // running statistics (null or both given, updated as forward_training would
-// with these statistics and count).
+// with these statistics and count, Options::unbiased_running_var included).
 template <class T>
 void forward_with_moments(const Shape& local, const T* x, const param_t<T>* weight,
                           const param_t<T>* bias, const double* mean, const double* var,

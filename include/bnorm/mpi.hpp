@@ -17,10 +17,11 @@
 // and dbias are the global sums on every rank.
 //
 // Collectives per call, on the communicator given (all ranks must call):
-//   1. a pre-flight all-reduce of 16 int64 (128 bytes): c, layout, dtype,
-//      eps, momentum, num_batches_tracked and whether running statistics are
-//      tracked must agree across ranks (their min and max are reduced), every
-//      rank reports whether its own arguments are valid, and the global m is
+//   1. a pre-flight all-reduce of 20 int64 (160 bytes): c, layout, dtype,
+//      eps, momentum, num_batches_tracked, whether running statistics are
+//      tracked and with which variance (Options::unbiased_running_var), and
+//      Batch Renormalization's rmax and dmax must agree across ranks (their min and max are
+//      reduced), every rank reports whether its own arguments are valid, and the global m is
 //      summed. Any mismatch or bad
 //      argument throws std::invalid_argument with the same message on every
 //      rank (a rank's own error text is broadcast from it) before anything
@@ -29,8 +30,8 @@
 //      broadcast: 24c bytes sent by every rank in the reduction, 24c bytes
 //      in the broadcast. backward: c pairs of 2 doubles, the same way: 16c
 //      bytes each way.
-// Per training step (forward + backward) that is 128 + 24c + 24c bytes and
-// 128 + 16c + 16c bytes of payload, i.e. 256 + 80c, independent of the batch
+// Per training step (forward + backward) that is 160 + 24c + 24c bytes and
+// 160 + 16c + 16c bytes of payload, i.e. 320 + 80c, independent of the batch
 // size (tests/mpi counts them through the PMPI profiling interface).
 //
 // Training needs a global m = sum over ranks of n * s > 1; otherwise every
@@ -49,7 +50,8 @@ namespace bnorm::mpi {
 
 // As bnorm::forward_training, with local = this rank's slice (n >= 0).
 // running_mean/running_var are updated identically on every rank with the
-// global unbiased variance var * m / (m - 1).
+// global unbiased variance var * m / (m - 1) (the global var with
+// options.unbiased_running_var = false).
 template <class T>
 void forward_training(MPI_Comm comm, const Shape& local, const T* x, const param_t<T>* weight,
                       const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
@@ -63,6 +65,22 @@ template <class T>
 void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
               const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
               param_t<T>* dweight, param_t<T>* dbias);
+
+// As bnorm::batch_renorm_forward_training / batch_renorm_backward: r and d
+// from the global batch statistics and the running statistics (which must be
+// the same on every rank, as the synchronized updates keep them), identical
+// on every rank; the same collectives as batch norm.
+template <class T>
+void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x,
+                                   const param_t<T>* weight, const param_t<T>* bias, T* y,
+                                   param_t<T>* save_mean, param_t<T>* save_invstd, param_t<T>* r,
+                                   param_t<T>* d, param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options = {});
+template <class T>
+void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x,
+                           const param_t<T>* weight, const param_t<T>* save_mean,
+                           const param_t<T>* save_invstd, const param_t<T>* r, const param_t<T>* d,
+                           T* dx, param_t<T>* dweight, param_t<T>* dbias);
 
 // bnorm::BatchNorm with a communicator: in training mode (and in eval mode
 // without running statistics) forward and backward are synchronized across
@@ -81,6 +99,10 @@ class SyncBatchNorm {
   void train(bool on = true) { training_ = on; }
   void eval() { training_ = false; }
   bool training() const { return training_; }
+
+  // Options::unbiased_running_var for the running-statistics updates.
+  void set_unbiased_running_var(bool on) { unbiased_running_var_ = on; }
+  bool unbiased_running_var() const { return unbiased_running_var_; }
 
   // x: this rank's slice (shape.n may be 0).
   std::vector<T> forward(const Shape& shape, std::span<const T> x);
@@ -112,6 +134,7 @@ class SyncBatchNorm {
   bool affine_;
   bool track_;
   bool training_ = true;
+  bool unbiased_running_var_ = true;
   int64_t num_batches_tracked_ = 0;
   std::vector<param_type> weight_, bias_, running_mean_, running_var_;
   Shape shape_{};

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "renorm.hpp"
+
 namespace bnorm::cpu {
 
 // Threads a kernel may use (set_num_threads, else OpenMP's default).
@@ -31,6 +33,14 @@ struct ForwardOutputs {
   P* running_var = nullptr;
   double eps = 1e-5;
   double factor = 0;
+  bool unbiased_running_var = true;
+  // Batch Renormalization: r and d (renorm.hpp) from the running statistics
+  // before their update, folded into the scale and shift; r_out and d_out
+  // (each may be null) receive them.
+  bool renorm = false;
+  double rmax = 1, dmax = 0;
+  P* r_out = nullptr;
+  P* d_out = nullptr;
 };
 
 // Per channel, from the batch mean and biased variance: the saved and the
@@ -41,8 +51,15 @@ template <class P>
 inline void finish_forward_channel(const ForwardOutputs<P>& p, double m, int64_t k, double mean,
                                    double var, P& mu, P& scale, P& shift) {
   const double invstd = 1.0 / std::sqrt(var + p.eps);
-  const double g = p.weight ? double(p.weight[k]) : 1.0;
-  const double b = p.bias ? double(p.bias[k]) : 0.0;
+  double g = p.weight ? double(p.weight[k]) : 1.0;
+  double b = p.bias ? double(p.bias[k]) : 0.0;
+  if (p.renorm) {
+    const RenormCorrection rd = renorm_correction(
+        double(p.running_mean[k]), double(p.running_var[k]), mean, var, p.eps, p.rmax, p.dmax);
+    if (p.r_out) p.r_out[k] = P(rd.r);
+    if (p.d_out) p.d_out[k] = P(rd.d);
+    fold_renorm(rd, g, b);
+  }
   mu = P(mean);
   scale = P(g * invstd);
   shift = P(b - (mean - double(mu)) * g * invstd);
@@ -51,7 +68,8 @@ inline void finish_forward_channel(const ForwardOutputs<P>& p, double m, int64_t
   if (p.running_mean) {
     const double f = p.factor;
     p.running_mean[k] = P((1 - f) * double(p.running_mean[k]) + f * mean);
-    p.running_var[k] = P((1 - f) * double(p.running_var[k]) + f * var * m / (m - 1));
+    p.running_var[k] =
+        P(running_var_update(double(p.running_var[k]), f, var, m, p.unbiased_running_var));
   }
 }
 
@@ -63,6 +81,10 @@ struct BackwardOutputs {
   P* dweight = nullptr;
   P* dbias = nullptr;
   bool through_moments = true;
+  // Batch Renormalization's constants (null for batch norm): the gradient
+  // uses weight * r, and dweight = r * sum dy * x_hat + d * sum dy.
+  const P* renorm_r = nullptr;
+  const P* renorm_d = nullptr;
 };
 
 // Per channel, from sum dy and sum dy * (x - mean): dweight, dbias and
@@ -72,9 +94,16 @@ inline void finish_backward_channel(const BackwardOutputs<P>& p, double m, int64
                                     double sum_dy_xmu, P& a, P& b, P& c) {
   const double invstd = double(p.invstd[k]);
   const double sum_dy_xhat = sum_dy_xmu * invstd;
-  if (p.dweight) p.dweight[k] = P(sum_dy_xhat);
+  double g = p.weight ? double(p.weight[k]) : 1.0;
+  if (p.renorm_r) {
+    const RenormCorrection rd{double(p.renorm_r[k]), double(p.renorm_d[k])};
+    if (p.dweight) p.dweight[k] = P(renorm_dweight(rd, sum_dy_xhat, sum_dy));
+    g *= rd.r;
+  } else if (p.dweight) {
+    p.dweight[k] = P(sum_dy_xhat);
+  }
   if (p.dbias) p.dbias[k] = P(sum_dy);
-  const double g_invstd = (p.weight ? double(p.weight[k]) : 1.0) * invstd;
+  const double g_invstd = g * invstd;
   a = P(g_invstd);
   b = p.through_moments ? P(-g_invstd * invstd * sum_dy_xhat / m) : P(0);
   c = p.through_moments ? P(-g_invstd * sum_dy / m) : P(0);

@@ -56,6 +56,7 @@ std::vector<T> SyncBatchNorm<T>::forward(const Shape& shape, std::span<const T> 
     y.resize(x.size());
     const bool update = training_ && track_;
     Options options{eps_, momentum_, num_batches_tracked_ + 1};
+    options.unbiased_running_var = unbiased_running_var_;
     forward_training_checked(fn, check, comm_, shape, x.data(), w, b, y.data(), mean.data(),
                              invstd.data(), update ? running_mean_.data() : nullptr,
                              update ? running_var_.data() : nullptr, options);

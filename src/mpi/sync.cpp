@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
+#include "cpu/renorm.hpp"
 #include "mpi/collectives.hpp"
 #include "mpi/sync_impl.hpp"
 #include "validate.hpp"
@@ -60,7 +61,8 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
                               const param_t<T>* weight, const param_t<T>* bias, T* y,
                               param_t<T>* save_mean, param_t<T>* save_invstd,
                               param_t<T>* running_mean, param_t<T>* running_var,
-                              const Options& options) {
+                              const Options& options, const RenormLimits* renorm, param_t<T>* r,
+                              param_t<T>* d) {
   using P = param_t<T>;
   Agreement mine;
   double factor = 0;
@@ -74,6 +76,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
     check_data(fn, local, x, "x");
     check_data(fn, local, y, "y");
     factor = detail::running_factor(fn, options, running_mean, running_var);
+    if (renorm) detail::check_renorm(fn, *renorm, running_mean);
   });
   mine.set(Field::c, local.c);
   mine.set(Field::layout, static_cast<int64_t>(local.layout));
@@ -82,7 +85,9 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
   mine.set(Field::momentum, options.momentum ? bits(*options.momentum) : -1);
   mine.set(Field::num_batches_tracked,
            !options.momentum && track ? options.num_batches_tracked : 0);
-  mine.set(Field::track_running_stats, track ? 1 : 0);
+  mine.set(Field::track_running_stats, !track ? 0 : options.unbiased_running_var ? 1 : 2);
+  mine.set(Field::rmax, renorm ? bits(renorm->rmax) : 0);
+  mine.set(Field::dmax, renorm ? bits(renorm->dmax) : 0);
   mine.m = mine.local_error.empty() ? local.m() : 0;
   const int64_t m_global = agree(comm, fn, mine);
   if (m_global < 2)
@@ -109,8 +114,19 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
     mean[k] = stats[k].mean;
     const double var = stats[k].m2 / m;
     invstd[k] = 1.0 / std::sqrt(var + options.eps);
-    scale[k] = param(weight, int64_t(k), 1.0) * invstd[k];
-    shift[k] = param(bias, int64_t(k), 0.0);
+    double g = param(weight, int64_t(k), 1.0), b = param(bias, int64_t(k), 0.0);
+    if (renorm) {
+      // r and d from the global statistics and the running statistics
+      // before this step's update (the same on every rank).
+      const cpu::RenormCorrection rd =
+          cpu::renorm_correction(double(running_mean[k]), double(running_var[k]), mean[k], var,
+                                 options.eps, renorm->rmax, renorm->dmax);
+      if (r) r[k] = P(rd.r);
+      if (d) d[k] = P(rd.d);
+      cpu::fold_renorm(rd, g, b);
+    }
+    scale[k] = g * invstd[k];
+    shift[k] = b;
   }
   if (local.n > 0) cpu::normalize(local, x, mean.data(), scale.data(), shift.data(), y);
   for (size_t k = 0; k < cs; ++k) {
@@ -120,7 +136,8 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
       // The unbiased variance M2 / (m - 1) written as the core writes it.
       const double var = stats[k].m2 / m;
       running_mean[k] = P((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = P((1 - factor) * double(running_var[k]) + factor * var * m / (m - 1));
+      running_var[k] = P(cpu::running_var_update(double(running_var[k]), factor, var, m,
+                                                 options.unbiased_running_var));
     }
   }
 }
@@ -129,7 +146,8 @@ template <class T>
 void backward_checked(const char* fn, const std::function<void()>& extra_check, MPI_Comm comm,
                       const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
                       const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
-                      param_t<T>* dweight, param_t<T>* dbias) {
+                      param_t<T>* dweight, param_t<T>* dbias, const param_t<T>* r,
+                      const param_t<T>* d) {
   using P = param_t<T>;
   Agreement mine;
   mine.local_error = local_error([&] {
@@ -139,6 +157,10 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
     check_data(fn, local, x, "x");
     detail::check_not_null(fn, save_mean, "save_mean");
     detail::check_not_null(fn, save_invstd, "save_invstd");
+    if (r || d) {
+      detail::check_not_null(fn, r, "r");
+      detail::check_not_null(fn, d, "d");
+    }
   });
   mine.set(Field::c, local.c);
   mine.set(Field::layout, static_cast<int64_t>(local.layout));
@@ -159,9 +181,17 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
   std::vector<double> a(cs), b(cs), cc(cs);
   for (size_t k = 0; k < cs; ++k) {
     const double invstd = double(save_invstd[k]);
-    if (dweight) dweight[k] = P(sums[k].dy_xhat);
+    double g = param(weight, int64_t(k), 1.0);
+    if (r) {
+      // Batch Renormalization: r and d are constants; weight * r scales.
+      const cpu::RenormCorrection rd{double(r[k]), double(d[k])};
+      if (dweight) dweight[k] = P(cpu::renorm_dweight(rd, sums[k].dy_xhat, sums[k].dy));
+      g *= rd.r;
+    } else if (dweight) {
+      dweight[k] = P(sums[k].dy_xhat);
+    }
     if (dbias) dbias[k] = P(sums[k].dy);
-    const double g_invstd = param(weight, int64_t(k), 1.0) * invstd;
+    const double g_invstd = g * invstd;
     a[k] = g_invstd;
     b[k] = -g_invstd * invstd * sums[k].dy_xhat / m;
     cc[k] = -g_invstd * sums[k].dy / m;
@@ -188,19 +218,53 @@ void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const 
       dbias);
 }
 
+template <class T>
+void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x,
+                                   const param_t<T>* weight, const param_t<T>* bias, T* y,
+                                   param_t<T>* save_mean, param_t<T>* save_invstd, param_t<T>* r,
+                                   param_t<T>* d, param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options) {
+  forward_training_checked(
+      "mpi::batch_renorm_forward_training", [] {}, comm, local, x, weight, bias, y, save_mean,
+      save_invstd, running_mean, running_var, options, &limits, r, d);
+}
+
+template <class T>
+void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x,
+                           const param_t<T>* weight, const param_t<T>* save_mean,
+                           const param_t<T>* save_invstd, const param_t<T>* r, const param_t<T>* d,
+                           T* dx, param_t<T>* dweight, param_t<T>* dbias) {
+  // r and d null would silently give batch norm's gradient: check them here.
+  backward_checked(
+      "mpi::batch_renorm_backward",
+      [&] {
+        detail::check_not_null("mpi::batch_renorm_backward", r, "r");
+        detail::check_not_null("mpi::batch_renorm_backward", d, "d");
+      },
+      comm, local, dy, x, weight, save_mean, save_invstd, dx, dweight, dbias, r, d);
+}
+
 #define BNORM_MPI_INSTANTIATE(T)                                                                  \
-  template void forward_training_checked<T>(const char*, const std::function<void()>&, MPI_Comm,  \
-                                            const Shape&, const T*, const param_t<T>*,            \
-                                            const param_t<T>*, T*, param_t<T>*, param_t<T>*,      \
-                                            param_t<T>*, param_t<T>*, const Options&);            \
-  template void backward_checked<T>(                                                              \
-      const char*, const std::function<void()>&, MPI_Comm, const Shape&, const T*, const T*,      \
-      const param_t<T>*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);     \
+  template void forward_training_checked<T>(                                                      \
+      const char*, const std::function<void()>&, MPI_Comm, const Shape&, const T*,                \
+      const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*,            \
+      param_t<T>*, const Options&, const RenormLimits*, param_t<T>*, param_t<T>*);                \
+  template void backward_checked<T>(const char*, const std::function<void()>&, MPI_Comm,          \
+                                    const Shape&, const T*, const T*, const param_t<T>*,          \
+                                    const param_t<T>*, const param_t<T>*, T*, param_t<T>*,        \
+                                    param_t<T>*, const param_t<T>*, const param_t<T>*);           \
   template void forward_training<T>(MPI_Comm, const Shape&, const T*, const param_t<T>*,          \
                                     const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*, \
                                     param_t<T>*, const Options&);                                 \
   template void backward<T>(MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*,        \
-                            const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);
+                            const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);  \
+  template void batch_renorm_forward_training<T>(                                                 \
+      MPI_Comm, const Shape&, const T*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*,    \
+      param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*, const RenormLimits&,       \
+      const Options&);                                                                            \
+  template void batch_renorm_backward<T>(                                                         \
+      MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*, const param_t<T>*,           \
+      const param_t<T>*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);
 BNORM_MPI_INSTANTIATE(float)
 BNORM_MPI_INSTANTIATE(double)
 BNORM_MPI_INSTANTIATE(bfloat16)
