@@ -31,6 +31,7 @@ from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .stats import (BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, GhostBatchNorm1d,
                     GhostBatchNorm2d, GhostBatchNorm3d, renorm_schedule)
 from .sync import SyncBatchNorm
+from .fused import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d, batch_norm_act, fold, fuse
 from . import onnx as _onnx  # registers the ONNX symbolic
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "batch_norm", "convert",

@@ -1,0 +1,404 @@
+// Fused kernels for every element type: the forward's epilogue
+// y = act((x - mu) * scale + shift + r) in one read of x (and r) and one
+// write of y, and the backward's two passes with the activation's mask
+// applied on the fly (dz = dy * act'(y) is never stored unless dresidual is
+// asked for).
+//
+// Determinism: a channel's sums are accumulated by one thread, in a fixed
+// order (NCHW: sample by sample; rows layouts: row by row within a block of
+// channels), so results do not depend on the thread count. Vector partial
+// sums are carried in P for at most kBlock values (NCHW) or kFlushRows rows,
+// then in double.
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/fast_fused.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/highway.h>
+#include "src/cpu/fast_common-inl.h"
+#include "src/cpu/fused.hpp"
+// clang-format on
+
+#include <algorithm>
+#include <cstdint>
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm::cpu {
+namespace HWY_NAMESPACE {
+
+constexpr int kIdentity = 0, kRelu = 1, kLeaky = 2;
+
+// act(z). z < 0 selects the negative branch, so a NaN passes through.
+template <int A, class D>
+HWY_INLINE hn::Vec<D> ActV(D d, hn::Vec<D> z, hn::Vec<D> slope) {
+  if constexpr (A == kIdentity) {
+    return z;
+  } else if constexpr (A == kRelu) {
+    return hn::IfThenElse(hn::Lt(z, hn::Zero(d)), hn::Zero(d), z);
+  } else {
+    return hn::IfThenElse(hn::Lt(z, hn::Zero(d)), hn::Mul(z, slope), z);
+  }
+}
+template <int A, class P>
+HWY_INLINE P ActS(P z, P slope) {
+  if constexpr (A == kIdentity) return z;
+  if constexpr (A == kRelu) return z < 0 ? P(0) : z;
+  return z < 0 ? z * slope : z;
+}
+
+// dz = dy * act'(z) read off y: 1 where y > 0, else 0 (relu) or slope.
+template <int A, class D>
+HWY_INLINE hn::Vec<D> MaskV(D d, hn::Vec<D> dy, hn::Vec<D> y, hn::Vec<D> slope) {
+  if constexpr (A == kIdentity) {
+    return dy;
+  } else if constexpr (A == kRelu) {
+    return hn::IfThenElseZero(hn::Gt(y, hn::Zero(d)), dy);
+  } else {
+    return hn::IfThenElse(hn::Gt(y, hn::Zero(d)), dy, hn::Mul(dy, slope));
+  }
+}
+template <int A, class P>
+HWY_INLINE P MaskS(P dy, P y, P slope) {
+  if constexpr (A == kIdentity) return dy;
+  if constexpr (A == kRelu) return y > 0 ? dy : P(0);
+  return y > 0 ? dy : dy * slope;
+}
+
+// act^-1(y) for the invertible activations (inv_slope = 1 / slope).
+template <int A, class D>
+HWY_INLINE hn::Vec<D> InvV(D d, hn::Vec<D> y, hn::Vec<D> inv_slope) {
+  if constexpr (A == kLeaky) {
+    return hn::IfThenElse(hn::Gt(y, hn::Zero(d)), y, hn::Mul(y, inv_slope));
+  } else {
+    return y;
+  }
+}
+template <int A, class P>
+HWY_INLINE P InvS(P y, P inv_slope) {
+  if constexpr (A == kLeaky) return y > 0 ? y : y * inv_slope;
+  return y;
+}
+
+// Calls vec(e, pv) for whole vectors of elements starting at e (pv: the
+// four channel parameters as vectors) and one(e, k) for the rest, in
+// parallel; every element once.
+template <class T, class Vec, class One>
+void ForElements(const FusedArgs<T>& a, Vec&& vec, One&& one) {
+  const Shape& shape = a.shape;
+  const DA<T> d;
+  const int64_t N = int64_t(hn::Lanes(d));
+  const int64_t c = shape.c;
+  const int nt = threads_for(shape, sizeof(T));
+  const auto* const* p = a.p;
+  if (!rows_layout(shape)) {
+    const int64_t planes = shape.n * c, s = shape.s;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      const int64_t k = pl % c;
+      VA<T> pv[4];
+      for (int i = 0; i < 4; ++i) pv[i] = p[i] ? hn::Set(d, p[i][k]) : hn::Zero(d);
+      const int64_t base = pl * s;
+      int64_t j = 0;
+      for (; j + N <= s; j += N) vec(base + j, pv);
+      for (; j < s; ++j) one(base + j, k);
+    }
+  } else {
+    const int64_t rows = shape.m();
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < rows; ++r) {
+      VA<T> pv[4];
+      int64_t k = 0;
+      for (; k + N <= c; k += N) {
+        for (int i = 0; i < 4; ++i) pv[i] = p[i] ? hn::LoadU(d, p[i] + k) : hn::Zero(d);
+        vec(r * c + k, pv);
+      }
+      for (; k < c; ++k) one(r * c + k, k);
+    }
+  }
+}
+
+template <class T>
+HWY_INLINE param_t<T> Param(const FusedArgs<T>& a, int i, int64_t k) {
+  return a.p[i] ? a.p[i][k] : param_t<T>(0);
+}
+
+template <int A, class T>
+void FusedNormalizeA(const FusedArgs<T>& a) {
+  using P = param_t<T>;
+  const DA<T> d;
+  const VA<T> vslope = hn::Set(d, a.slope);
+  const T* x = a.x;
+  const T* r = a.residual;
+  T* y = a.y;
+  const P slope = a.slope;
+  if (r) {
+    ForElements<T>(
+        a,
+        [&](int64_t e, const VA<T>* pv) {
+          const auto z =
+              hn::Add(hn::MulAdd(hn::Sub(LoadT(d, x + e), pv[0]), pv[1], pv[2]), LoadT(d, r + e));
+          StoreT(ActV<A>(d, z, vslope), d, y + e);
+        },
+        [&](int64_t e, int64_t k) {
+          const P z =
+              (Widen(x[e]) - Param(a, 0, k)) * Param(a, 1, k) + Param(a, 2, k) + Widen(r[e]);
+          y[e] = T(ActS<A>(z, slope));
+        });
+  } else {
+    ForElements<T>(
+        a,
+        [&](int64_t e, const VA<T>* pv) {
+          const auto z = hn::MulAdd(hn::Sub(LoadT(d, x + e), pv[0]), pv[1], pv[2]);
+          StoreT(ActV<A>(d, z, vslope), d, y + e);
+        },
+        [&](int64_t e, int64_t k) {
+          const P z = (Widen(x[e]) - Param(a, 0, k)) * Param(a, 1, k) + Param(a, 2, k);
+          y[e] = T(ActS<A>(z, slope));
+        });
+  }
+}
+
+template <class T>
+void FusedNormalize(const FusedArgs<T>& a) {
+  switch (a.act) {
+    case Activation::identity:
+      return FusedNormalizeA<kIdentity>(a);
+    case Activation::relu:
+      return FusedNormalizeA<kRelu>(a);
+    case Activation::leaky_relu:
+      return FusedNormalizeA<kLeaky>(a);
+  }
+}
+
+// Loads dz and g - o at element e (vectors), or their scalar values.
+template <int A, bool FromOutput, class T>
+struct Backward {
+  using P = param_t<T>;
+  const FusedArgs<T>& a;
+  DA<T> d;
+  VA<T> vslope, vinv;
+  P slope, inv;
+  explicit Backward(const FusedArgs<T>& args)
+      : a(args),
+        vslope(hn::Set(d, args.slope)),
+        vinv(hn::Set(d, args.slope != 0 ? P(1) / args.slope : P(0))),
+        slope(args.slope),
+        inv(args.slope != 0 ? P(1) / args.slope : P(0)) {}
+
+  HWY_INLINE VA<T> dz(int64_t e, VA<T>& yv) const {
+    if constexpr (A == kIdentity && !FromOutput) {
+      return LoadT(d, a.dy + e);
+    } else {
+      yv = LoadT(d, a.y_in + e);
+      return MaskV<A>(d, LoadT(d, a.dy + e), yv, vslope);
+    }
+  }
+  HWY_INLINE VA<T> g(int64_t e, VA<T> yv) const {
+    if constexpr (FromOutput) {
+      return InvV<A>(d, yv, vinv);
+    } else {
+      return LoadT(d, a.x + e);
+    }
+  }
+  HWY_INLINE P dz1(int64_t e, P& yv) const {
+    if constexpr (A == kIdentity && !FromOutput) {
+      return Widen(a.dy[e]);
+    } else {
+      yv = Widen(a.y_in[e]);
+      return MaskS<A>(Widen(a.dy[e]), yv, slope);
+    }
+  }
+  HWY_INLINE P g1(int64_t e, P yv) const {
+    if constexpr (FromOutput) {
+      return InvS<A>(yv, inv);
+    } else {
+      return Widen(a.x[e]);
+    }
+  }
+};
+
+template <int A, bool FromOutput, class T>
+void FusedReduceA(const FusedArgs<T>& a) {
+  using P = param_t<T>;
+  const Backward<A, FromOutput, T> B(a);
+  const DA<T> d;
+  const int64_t N = int64_t(hn::Lanes(d));
+  const Shape& shape = a.shape;
+  const int64_t c = shape.c;
+  const P* o = a.p[0];
+  if (!rows_layout(shape)) {
+    const int64_t s = shape.s;
+    const int nt = threads_for(shape, sizeof(T));
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
+    for (int64_t k = 0; k < c; ++k) {
+      const VA<T> vo = hn::Set(d, o ? o[k] : P(0));
+      const VA<T> zero = hn::Zero(d);
+      VA<T> s0 = zero, q0 = zero;
+      double ts = 0, tq = 0;
+      int64_t pending = 0;
+      for (int64_t i = 0; i < shape.n; ++i) {
+        const int64_t base = (i * c + k) * s;
+        int64_t j = 0;
+        for (; j + N <= s; j += N) {
+          VA<T> yv = zero;
+          const VA<T> g = B.dz(base + j, yv);
+          s0 = hn::Add(s0, g);
+          q0 = hn::MulAdd(g, hn::Sub(B.g(base + j, yv), vo), q0);
+        }
+        for (; j < s; ++j) {
+          P yv = 0;
+          const P g = B.dz1(base + j, yv);
+          ts += double(g);
+          tq += double(g) * (double(B.g1(base + j, yv)) - double(o ? o[k] : P(0)));
+        }
+        pending += s;
+        if (pending >= kBlock || i + 1 == shape.n) {
+          ts += double(hn::GetLane(hn::SumOfLanes(d, s0)));
+          tq += double(hn::GetLane(hn::SumOfLanes(d, q0)));
+          s0 = zero;
+          q0 = zero;
+          pending = 0;
+        }
+      }
+      a.sum_dz[k] = ts;
+      a.sum_dz_g[k] = tq;
+    }
+    return;
+  }
+  const int64_t rows = shape.m();
+  ForColumns<T>(
+      shape,
+      [&]<int NV>(int64_t k0) {
+        VA<T> vo[4], s0[4], q0[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          vo[v] = (v < NV && o) ? hn::LoadU(d, o + k0 + v * N) : hn::Zero(d);
+          s0[v] = hn::Zero(d);
+          q0[v] = hn::Zero(d);
+        }
+        for (int64_t rb = 0; rb < rows; rb += kFlushRows) {
+          const int64_t re = std::min(rows, rb + kFlushRows);
+          for (int64_t r = rb; r < re; ++r) {
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+              const int64_t e = r * c + k0 + v * N;
+              VA<T> yv = hn::Zero(d);
+              const VA<T> g = B.dz(e, yv);
+              s0[v] = hn::Add(s0[v], g);
+              q0[v] = hn::MulAdd(g, hn::Sub(B.g(e, yv), vo[v]), q0[v]);
+            }
+          }
+          FlushBlock<NV>(d, s0, a.sum_dz + k0);
+          FlushBlock<NV>(d, q0, a.sum_dz_g + k0);
+        }
+      },
+      [&](int64_t k_tail) {
+        for (int64_t k = k_tail; k < c; ++k) {
+          const double ok = o ? double(o[k]) : 0.0;
+          double ts = 0, tq = 0;
+          for (int64_t r = 0; r < rows; ++r) {
+            P yv = 0;
+            const P g = B.dz1(r * c + k, yv);
+            ts += double(g);
+            tq += double(g) * (double(B.g1(r * c + k, yv)) - ok);
+          }
+          a.sum_dz[k] += ts;
+          a.sum_dz_g[k] += tq;
+        }
+      });
+}
+
+template <int A, bool FromOutput, class T>
+void FusedDxA(const FusedArgs<T>& a) {
+  using P = param_t<T>;
+  const Backward<A, FromOutput, T> B(a);
+  const DA<T> d;
+  T* dx = a.dx;
+  T* dr = a.dresidual;
+  ForElements<T>(
+      a,
+      [&](int64_t e, const VA<T>* pv) {
+        VA<T> yv = hn::Zero(d);
+        const VA<T> g = B.dz(e, yv);
+        if (dx)
+          StoreT(hn::MulAdd(pv[1], g, hn::MulAdd(pv[2], hn::Sub(B.g(e, yv), pv[0]), pv[3])), d,
+                 dx + e);
+        if (dr) StoreT(g, d, dr + e);
+      },
+      [&](int64_t e, int64_t k) {
+        P yv = 0;
+        const P g = B.dz1(e, yv);
+        const P v = B.g1(e, yv) - Param(a, 0, k);
+        if (dx) dx[e] = T(Param(a, 1, k) * g + (Param(a, 2, k) * v + Param(a, 3, k)));
+        if (dr) dr[e] = T(g);
+      });
+}
+
+// The backward passes for the activation and the source of g.
+template <template <int, bool, class> class F, class T>
+void ForMode(const FusedArgs<T>& a) {
+  if (a.from_output) {
+    if (a.act == Activation::leaky_relu) return F<kLeaky, true, T>::run(a);
+    return F<kIdentity, true, T>::run(a);
+  }
+  switch (a.act) {
+    case Activation::identity:
+      return F<kIdentity, false, T>::run(a);
+    case Activation::relu:
+      return F<kRelu, false, T>::run(a);
+    case Activation::leaky_relu:
+      return F<kLeaky, false, T>::run(a);
+  }
+}
+template <int A, bool FromOutput, class T>
+struct ReduceRun {
+  static void run(const FusedArgs<T>& a) { FusedReduceA<A, FromOutput, T>(a); }
+};
+template <int A, bool FromOutput, class T>
+struct DxRun {
+  static void run(const FusedArgs<T>& a) { FusedDxA<A, FromOutput, T>(a); }
+};
+
+#define BNORM_FUSED(T, S)                                                  \
+  void FusedNormalize##S(const FusedArgs<T>& a) { FusedNormalize<T>(a); }  \
+  void FusedReduce##S(const FusedArgs<T>& a) { ForMode<ReduceRun, T>(a); } \
+  void FusedDx##S(const FusedArgs<T>& a) { ForMode<DxRun, T>(a); }
+BNORM_FOR_EACH_TYPE(BNORM_FUSED)
+#undef BNORM_FUSED
+
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace bnorm::cpu {
+
+#define BNORM_EXPORT(T, S)       \
+  HWY_EXPORT(FusedNormalize##S); \
+  HWY_EXPORT(FusedReduce##S);    \
+  HWY_EXPORT(FusedDx##S);
+BNORM_FOR_EACH_TYPE(BNORM_EXPORT)
+#undef BNORM_EXPORT
+
+template <class T>
+void fused_normalize_fast(const FusedArgs<T>& args) {
+  BNORM_DISPATCH(FusedNormalize, args);
+}
+template <class T>
+void fused_reduce_fast(const FusedArgs<T>& args) {
+  BNORM_DISPATCH(FusedReduce, args);
+}
+template <class T>
+void fused_dx_fast(const FusedArgs<T>& args) {
+  BNORM_DISPATCH(FusedDx, args);
+}
+
+#define BNORM_INSTANTIATE(T, S)                               \
+  template void fused_normalize_fast<T>(const FusedArgs<T>&); \
+  template void fused_reduce_fast<T>(const FusedArgs<T>&);    \
+  template void fused_dx_fast<T>(const FusedArgs<T>&);
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
+#undef BNORM_INSTANTIATE
+
+}  // namespace bnorm::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,303 @@
+// The fused public functions (bnorm/fused.hpp): validate everything, compute
+// the per-channel coefficients in double, then run the fused kernels.
+#include "cpu/fused.hpp"
+
+#include <bnorm/fused.hpp>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cpu/fast.hpp"
+#include "validate.hpp"
+
+namespace bnorm {
+namespace {
+
+void check_epilogue(const char* fn, const Epilogue& e) {
+  if (e.act != Activation::identity && e.act != Activation::relu && e.act != Activation::leaky_relu)
+    detail::fail(fn, "epilogue.act is not identity, relu or leaky_relu (value " +
+                         std::to_string(static_cast<int>(e.act)) + ")");
+  if (e.act == Activation::leaky_relu &&
+      !(std::isfinite(e.negative_slope) && e.negative_slope >= 0))
+    detail::fail(fn,
+                 "epilogue.negative_slope must be finite and >= 0 (the mask is read off y), got " +
+                     std::to_string(e.negative_slope));
+  if (e.abs_weight && !(std::isfinite(e.weight_eps) && e.weight_eps > 0))
+    detail::fail(fn, "epilogue.weight_eps must be finite and > 0 with abs_weight, got " +
+                         std::to_string(e.weight_eps));
+}
+
+// gamma_k as the layer uses it: weight (1 when null), or |weight| +
+// weight_eps with abs_weight.
+template <class P>
+double gamma_of(const P* weight, int64_t k, const Epilogue& e) {
+  const double w = weight ? double(weight[k]) : 1.0;
+  return e.abs_weight ? std::abs(w) + e.weight_eps : w;
+}
+
+// d gamma_eff / d weight: sign(weight) with abs_weight (+-0 counts as +-1).
+template <class P>
+double gamma_sign(const P* weight, int64_t k, const Epilogue& e) {
+  if (!e.abs_weight || !weight) return 1.0;
+  return std::signbit(double(weight[k])) ? -1.0 : 1.0;
+}
+
+template <class T>
+using Vec = std::vector<param_t<T>>;
+
+}  // namespace
+
+template <class T>
+void fused_forward_training(const Shape& shape, const T* x, const T* residual,
+                            const param_t<T>* weight, const param_t<T>* bias, T* y,
+                            param_t<T>* save_mean, param_t<T>* save_invstd,
+                            param_t<T>* running_mean, param_t<T>* running_var,
+                            const Options& options, const Epilogue& epilogue) {
+  using P = param_t<T>;
+  constexpr const char* fn = "fused_forward_training";
+  detail::check_shape(fn, shape);
+  if (shape.m() < 2)
+    detail::fail(fn, "expected more than 1 value per channel in training, got n*s = " +
+                         std::to_string(shape.m()));
+  detail::check_eps(fn, options.eps);
+  detail::check_not_null(fn, x, "x");
+  detail::check_not_null(fn, y, "y");
+  check_epilogue(fn, epilogue);
+  const double factor = detail::running_factor(fn, options, running_mean, running_var);
+  const int64_t c = shape.c;
+  std::vector<double> mean(static_cast<size_t>(c)), var(static_cast<size_t>(c));
+  cpu::moments_fast(shape, x, mean.data(), var.data());
+  Vec<T> gamma(static_cast<size_t>(c)), mu(static_cast<size_t>(c)), scale(static_cast<size_t>(c)),
+      shift(static_cast<size_t>(c));
+  for (int64_t k = 0; k < c; ++k) gamma[size_t(k)] = P(gamma_of(weight, k, epilogue));
+  cpu::ForwardOutputs<P> out;
+  out.weight = gamma.data();
+  out.bias = bias;
+  out.save_mean = save_mean;
+  out.save_invstd = save_invstd;
+  out.running_mean = running_mean;
+  out.running_var = running_var;
+  out.eps = options.eps;
+  out.factor = factor;
+  out.unbiased_running_var = options.unbiased_running_var;
+  for (int64_t k = 0; k < c; ++k)
+    cpu::finish_forward_channel(out, double(shape.m()), k, mean[size_t(k)], var[size_t(k)],
+                                mu[size_t(k)], scale[size_t(k)], shift[size_t(k)]);
+  cpu::FusedArgs<T> a;
+  a.shape = shape;
+  a.act = epilogue.act;
+  a.slope = P(epilogue.negative_slope);
+  a.x = x;
+  a.residual = residual;
+  a.y = y;
+  a.p[0] = mu.data();
+  a.p[1] = scale.data();
+  a.p[2] = shift.data();
+  cpu::fused_normalize_fast(a);
+}
+
+template <class T>
+void fused_forward_inference(const Shape& shape, const T* x, const T* residual,
+                             const param_t<T>* weight, const param_t<T>* bias,
+                             const param_t<T>* running_mean, const param_t<T>* running_var, T* y,
+                             double eps, const Epilogue& epilogue) {
+  using P = param_t<T>;
+  constexpr const char* fn = "fused_forward_inference";
+  detail::check_shape(fn, shape);
+  detail::check_eps(fn, eps);
+  detail::check_not_null(fn, x, "x");
+  detail::check_not_null(fn, running_mean, "running_mean");
+  detail::check_not_null(fn, running_var, "running_var");
+  detail::check_not_null(fn, y, "y");
+  check_epilogue(fn, epilogue);
+  const int64_t c = shape.c;
+  Vec<T> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
+  for (int64_t k = 0; k < c; ++k) {
+    scale[size_t(k)] = P(gamma_of(weight, k, epilogue) / std::sqrt(double(running_var[k]) + eps));
+    shift[size_t(k)] = bias ? bias[k] : P(0);
+  }
+  cpu::FusedArgs<T> a;
+  a.shape = shape;
+  a.act = epilogue.act;
+  a.slope = P(epilogue.negative_slope);
+  a.x = x;
+  a.residual = residual;
+  a.y = y;
+  a.p[0] = running_mean;
+  a.p[1] = scale.data();
+  a.p[2] = shift.data();
+  cpu::fused_normalize_fast(a);
+}
+
+template <class T>
+void fused_backward(const Shape& shape, const T* dy, const T* y, const T* x,
+                    const param_t<T>* weight, const param_t<T>* save_mean,
+                    const param_t<T>* save_invstd, T* dx, param_t<T>* dweight, param_t<T>* dbias,
+                    T* dresidual, const Epilogue& epilogue) {
+  using P = param_t<T>;
+  constexpr const char* fn = "fused_backward";
+  detail::check_shape(fn, shape);
+  detail::check_not_null(fn, dy, "dy");
+  check_epilogue(fn, epilogue);
+  if (epilogue.act != Activation::identity) detail::check_not_null(fn, y, "y (for the mask)");
+  detail::check_not_null(fn, x, "x");
+  detail::check_not_null(fn, save_mean, "save_mean");
+  detail::check_not_null(fn, save_invstd, "save_invstd");
+  if (!dx && !dweight && !dbias && !dresidual) return;
+  const int64_t c = shape.c;
+  const double m = double(shape.m());
+  std::vector<double> sum_dz(size_t(c), 0.0), sum_dz_xmu(size_t(c), 0.0);
+  cpu::FusedArgs<T> a;
+  a.shape = shape;
+  a.act = epilogue.act;
+  a.slope = P(epilogue.negative_slope);
+  a.dy = dy;
+  a.y_in = y;
+  a.x = x;
+  a.sum_dz = sum_dz.data();
+  a.sum_dz_g = sum_dz_xmu.data();
+  a.p[0] = save_mean;
+  const bool need_sums = dx || dweight || dbias;
+  if (need_sums) cpu::fused_reduce_fast(a);
+  Vec<T> ca(static_cast<size_t>(c)), cb(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
+  for (int64_t k = 0; k < c && need_sums; ++k) {
+    const double invstd = double(save_invstd[k]);
+    const double sum_dz_xhat = sum_dz_xmu[size_t(k)] * invstd;
+    if (dweight) dweight[k] = P(gamma_sign(weight, k, epilogue) * sum_dz_xhat);
+    if (dbias) dbias[k] = P(sum_dz[size_t(k)]);
+    const double g_invstd = gamma_of(weight, k, epilogue) * invstd;
+    ca[size_t(k)] = P(g_invstd);
+    cb[size_t(k)] = P(-g_invstd * invstd * sum_dz_xhat / m);
+    cc[size_t(k)] = P(-g_invstd * sum_dz[size_t(k)] / m);
+  }
+  if (!dx && !dresidual) return;
+  a.dx = dx;
+  a.dresidual = dresidual;
+  a.p[1] = ca.data();
+  a.p[2] = cb.data();
+  a.p[3] = cc.data();
+  cpu::fused_dx_fast(a);
+}
+
+template <class T>
+void fused_backward_from_output(const Shape& shape, const T* dy, const T* y,
+                                const param_t<T>* weight, const param_t<T>* bias,
+                                const param_t<T>* save_invstd, T* dx, param_t<T>* dweight,
+                                param_t<T>* dbias, const Epilogue& epilogue) {
+  using P = param_t<T>;
+  constexpr const char* fn = "fused_backward_from_output";
+  detail::check_shape(fn, shape);
+  detail::check_not_null(fn, dy, "dy");
+  detail::check_not_null(fn, y, "y");
+  detail::check_not_null(fn, save_invstd, "save_invstd");
+  check_epilogue(fn, epilogue);
+  if (epilogue.act == Activation::relu)
+    detail::fail(fn, "epilogue.act is relu, which is not invertible (use identity or leaky_relu)");
+  if (epilogue.act == Activation::leaky_relu && !(epilogue.negative_slope > 0))
+    detail::fail(fn, "epilogue.negative_slope must be > 0 to invert leaky_relu, got " +
+                         std::to_string(epilogue.negative_slope));
+  const int64_t c = shape.c;
+  if (weight && !epilogue.abs_weight)
+    for (int64_t k = 0; k < c; ++k)
+      if (!(double(weight[k]) != 0 && std::isfinite(double(weight[k]))))
+        detail::fail(fn, "weight[" + std::to_string(k) + "] is " +
+                             std::to_string(double(weight[k])) +
+                             ": x_hat = (act^-1(y) - beta) / gamma needs a finite non-zero gamma "
+                             "(or epilogue.abs_weight)");
+  if (!dx && !dweight && !dbias) return;
+  const double m = double(shape.m());
+  std::vector<double> sum_dz(size_t(c), 0.0), sum_dz_yb(size_t(c), 0.0);
+  cpu::FusedArgs<T> a;
+  a.shape = shape;
+  a.act = epilogue.act;
+  a.slope = P(epilogue.negative_slope);
+  a.dy = dy;
+  a.y_in = y;
+  a.from_output = true;
+  a.sum_dz = sum_dz.data();
+  a.sum_dz_g = sum_dz_yb.data();
+  a.p[0] = bias;  // g - beta = gamma * x_hat
+  cpu::fused_reduce_fast(a);
+  Vec<T> ca(static_cast<size_t>(c)), cb(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
+  for (int64_t k = 0; k < c; ++k) {
+    const double gamma = gamma_of(weight, k, epilogue), invstd = double(save_invstd[k]);
+    const double sum_dz_xhat = sum_dz_yb[size_t(k)] / gamma;
+    if (dweight) dweight[k] = P(gamma_sign(weight, k, epilogue) * sum_dz_xhat);
+    if (dbias) dbias[k] = P(sum_dz[size_t(k)]);
+    const double g_invstd = gamma * invstd;
+    ca[size_t(k)] = P(g_invstd);
+    // b * x_hat = b / gamma * (g - beta).
+    cb[size_t(k)] = P(-g_invstd * sum_dz_xhat / m / gamma);
+    cc[size_t(k)] = P(-g_invstd * sum_dz[size_t(k)] / m);
+  }
+  if (!dx) return;
+  a.dx = dx;
+  a.p[1] = ca.data();
+  a.p[2] = cb.data();
+  a.p[3] = cc.data();
+  cpu::fused_dx_fast(a);
+}
+
+template <class T>
+void fold_batch_norm(int64_t out_channels, int64_t fan_in, const T* weight, const T* bias,
+                     const param_t<T>* bn_weight, const param_t<T>* bn_bias,
+                     const param_t<T>* running_mean, const param_t<T>* running_var, double eps,
+                     T* weight_out, T* bias_out) {
+  constexpr const char* fn = "fold_batch_norm";
+  if (out_channels < 1)
+    detail::fail(fn, "out_channels must be >= 1, got " + std::to_string(out_channels));
+  if (fan_in < 1) detail::fail(fn, "fan_in must be >= 1, got " + std::to_string(fan_in));
+  int64_t total = 0;
+  if (__builtin_mul_overflow(out_channels, fan_in, &total))
+    detail::fail(fn, "out_channels * fan_in overflows int64");
+  detail::check_eps(fn, eps);
+  detail::check_not_null(fn, weight, "weight");
+  detail::check_not_null(fn, running_mean, "running_mean");
+  detail::check_not_null(fn, running_var, "running_var");
+  detail::check_not_null(fn, weight_out, "weight_out");
+  detail::check_not_null(fn, bias_out, "bias_out");
+  for (int64_t k = 0; k < out_channels; ++k)
+    if (!(double(running_var[k]) + eps > 0))
+      detail::fail(fn, "running_var[" + std::to_string(k) + "] + eps must be > 0, got " +
+                           std::to_string(double(running_var[k])));
+  const auto as_double = [](auto v) {
+    if constexpr (std::is_arithmetic_v<decltype(v)>) {
+      return double(v);
+    } else {
+      return double(float(v));
+    }
+  };
+  for (int64_t k = 0; k < out_channels; ++k) {
+    const double gamma = bn_weight ? double(bn_weight[k]) : 1.0;
+    const double beta = bn_bias ? double(bn_bias[k]) : 0.0;
+    const double s = gamma / std::sqrt(double(running_var[k]) + eps);
+    const double b = bias ? as_double(bias[k]) : 0.0;
+    for (int64_t j = 0; j < fan_in; ++j)
+      weight_out[k * fan_in + j] = T(as_double(weight[k * fan_in + j]) * s);
+    bias_out[k] = T((b - double(running_mean[k])) * s + beta);
+  }
+}
+
+#define BNORM_INSTANTIATE(T)                                                                       \
+  template void fused_forward_training<T>(                                                         \
+      const Shape&, const T*, const T*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*,     \
+      param_t<T>*, param_t<T>*, param_t<T>*, const Options&, const Epilogue&);                     \
+  template void fused_forward_inference<T>(const Shape&, const T*, const T*, const param_t<T>*,    \
+                                           const param_t<T>*, const param_t<T>*,                   \
+                                           const param_t<T>*, T*, double, const Epilogue&);        \
+  template void fused_backward<T>(const Shape&, const T*, const T*, const T*, const param_t<T>*,   \
+                                  const param_t<T>*, const param_t<T>*, T*, param_t<T>*,           \
+                                  param_t<T>*, T*, const Epilogue&);                               \
+  template void fused_backward_from_output<T>(const Shape&, const T*, const T*, const param_t<T>*, \
+                                              const param_t<T>*, const param_t<T>*, T*,            \
+                                              param_t<T>*, param_t<T>*, const Epilogue&);          \
+  template void fold_batch_norm<T>(int64_t, int64_t, const T*, const T*, const param_t<T>*,        \
+                                   const param_t<T>*, const param_t<T>*, const param_t<T>*,        \
+                                   double, T*, T*);
+BNORM_INSTANTIATE(float)
+BNORM_INSTANTIATE(double)
+BNORM_INSTANTIATE(bfloat16)
+BNORM_INSTANTIATE(float16)
+#undef BNORM_INSTANTIATE
+
+}  // namespace bnorm
