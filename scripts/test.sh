@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every test: install what is missing, build the release preset and run its
-# suite, then the same under AddressSanitizer + UndefinedBehaviorSanitizer.
+# suite, then the same under AddressSanitizer + UndefinedBehaviorSanitizer,
+# then short smoke runs of the libFuzzer harnesses (scripts/fuzz.sh runs the
+# long campaign).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -9,3 +11,5 @@ scripts/build.sh release
 ctest --preset release -j "$jobs"
 scripts/build.sh asan
 ctest --preset asan -j "$jobs"
+scripts/build.sh fuzz
+ctest --preset fuzz -j "$jobs"
