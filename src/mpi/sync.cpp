@@ -56,6 +56,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
                               MPI_Comm comm, const Shape& local, const T* x, const T* weight,
                               const T* bias, T* y, T* save_mean, T* save_invstd, T* running_mean,
                               T* running_var, const Options& options) {
+  const Deadline deadline(comm, fn);
   Agreement mine;
   double factor = 0;
   const bool track = running_mean != nullptr;
@@ -78,7 +79,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
            !options.momentum && track ? options.num_batches_tracked : 0);
   mine.set(Field::track_running_stats, track ? 1 : 0);
   mine.m = mine.local_error.empty() ? local.m() : 0;
-  const int64_t m_global = agree(comm, fn, mine);
+  const int64_t m_global = agree(deadline, mine);
   if (m_global < 2)
     detail::fail(fn,
                  "expected more than 1 value per channel in training over all ranks, got "
@@ -95,7 +96,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
     for (size_t k = 0; k < cs; ++k) stats[k] = {m_local, mean[k], var[k] * m_local};
   }
   // A rank without samples contributes (0, 0, 0), the identity of the merge.
-  merge_moments(comm, stats);
+  merge_moments(deadline, stats);
 
   const double m = double(m_global);
   std::vector<double> mean(cs), scale(cs), shift(cs), invstd(cs);
@@ -123,6 +124,7 @@ template <class T>
 void backward_checked(const char* fn, const std::function<void()>& extra_check, MPI_Comm comm,
                       const Shape& local, const T* dy, const T* x, const T* weight,
                       const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias) {
+  const Deadline deadline(comm, fn);
   Agreement mine;
   mine.local_error = local_error([&] {
     extra_check();
@@ -136,7 +138,7 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
   mine.set(Field::layout, static_cast<int64_t>(local.layout));
   mine.set(Field::dtype, dtype_code<T>());
   mine.m = mine.local_error.empty() ? local.m() : 0;
-  const int64_t m_global = agree(comm, fn, mine);
+  const int64_t m_global = agree(deadline, mine);
 
   const size_t cs = size_t(local.c);
   std::vector<double> mean(cs), sum_dy(cs, 0.0), sum_dy_xmu(cs, 0.0);
@@ -145,7 +147,7 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
     cpu::backward_reduce(local, dy, x, mean.data(), sum_dy.data(), sum_dy_xmu.data());
   std::vector<Sums> sums(cs);
   for (size_t k = 0; k < cs; ++k) sums[k] = {sum_dy[k], sum_dy_xmu[k] * double(save_invstd[k])};
-  sum_gradients(comm, sums);
+  sum_gradients(deadline, sums);
 
   const double m = double(m_global);
   std::vector<double> a(cs), b(cs), cc(cs);
