@@ -89,20 +89,22 @@ void run(FuzzedDataProvider& in) {
     }
     const double sum_dy = double(sum_dy_l), sum_dy_xhat = double(sum_dy_xhat_l);
     if (!std::isfinite(sum_dy) || !std::isfinite(abs_dy_a)) continue;  // NaN/Inf, or overflow
-    if (known_overflow<T>(std::max({abs_dy, abs_dy_a, spread, abs_dy * spread}))) continue;
+    if (known_overflow<T>(std::max({abs_dy, abs_dy_a, spread * double(m), abs_dy * spread})))
+      continue;
     // The kernels reduce sum dy * (x - mean) and multiply by invstd after:
     // that sum, and the partial sums of dy, must fit a double.
     if (!std::isfinite(abs_dy * spread) || !std::isfinite(4 * abs_dy)) continue;
     context() = "channel " + std::to_string(k) + " of " + describe(shape) + ", mean " + num(mu) +
                 ", invstd " + num(invstd) + ", gamma " + num(gamma) + ", sum dy " + num(sum_dy) +
                 ", sum dy*xhat " + num(sum_dy_xhat);
-    // Each product of the sums may round to T's denormal grid, and the
-    // kernels scale sum dy * (x - mean) by invstd after the sum.
-    const double tiny =
-        double(m) * double(std::numeric_limits<T>::denorm_min()) * (1 + std::abs(invstd));
+    // Every product of two of dy, x - mean and invstd may round to T's
+    // denormal grid and then be multiplied by the third.
+    const double tiny = double(m) * double(std::numeric_limits<T>::denorm_min()) *
+                        (1 + std::abs(invstd) + spread + max_dy);
     if (dbp) expect_close("dbias", k, dbias[size_t(k)], sum_dy, f * abs_dy + tiny);
-    if (dwp) expect_close("dweight", k, dweight[size_t(k)], sum_dy_xhat, f * abs_dy_a + tiny);
-    if (!dxp) continue;
+    if (dwp && !products_underflow<T>(max_dy, spread, invstd))
+      expect_close("dweight", k, dweight[size_t(k)], sum_dy_xhat, f * abs_dy_a + tiny);
+    if (!dxp || products_underflow<T>(max_dy, spread, invstd)) continue;
     // dx_i = gamma * invstd * (dy_i - sum_dy / m - xhat_i * sum_dy_xhat / m), and the kernels
     // fold it into x * p + dy * q + r: the same overflow limit as y, and p, q and r may round
     // to T's denormal grid (the first term of the bound).

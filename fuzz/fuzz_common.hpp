@@ -308,6 +308,18 @@ bool scale_overflows(double gamma, double beta, double invstd, double spread) {
   return !(a * std::max(spread, 1.0) + std::abs(beta) <= double(std::numeric_limits<T>::max()));
 }
 
+// The other end of T's range: where the largest |dy| * invstd or
+// (|x| + |mean|) * invstd is below T's smallest normal, the products the
+// kernels form lose most of their significand (or all of it, to 0); the
+// harnesses then skip dweight and dx of the channel (a documented limit).
+template <class T>
+bool products_underflow(double max_dy, double spread, double invstd) {
+  const double smallest = double(std::numeric_limits<T>::min());
+  for (double p : {max_dy * std::abs(invstd), spread * std::abs(invstd)})
+    if (p != 0 && p < smallest) return true;
+  return false;
+}
+
 // Runs call() and reports whether it threw std::invalid_argument (whose
 // message must name the function); any other exception is a finding.
 template <class F>

@@ -41,11 +41,16 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   if (int64_t(x.size()) != shape.numel())
     detail::fail(fn, "x has " + std::to_string(x.size()) + " values, the shape needs " +
                          std::to_string(shape.numel()));
+  const bool batch_stats = training_ || !track_;
+  // Checked here too, so that the error names the layer rather than the
+  // kernel it calls.
+  if (batch_stats && shape.m() < 2)
+    detail::fail(fn, "expected more than 1 value per channel with batch statistics, got n*s = " +
+                         std::to_string(shape.m()));
   const T* w = affine_ ? weight_.data() : nullptr;
   const T* b = affine_ ? bias_.data() : nullptr;
   std::vector<T> y(x.size());
   std::vector<T> mean(static_cast<size_t>(c_)), invstd(static_cast<size_t>(c_));
-  const bool batch_stats = training_ || !track_;
   if (batch_stats) {
     const bool update = training_ && track_;
     Options options{eps_, momentum_, num_batches_tracked_ + 1};
