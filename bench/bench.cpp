@@ -6,9 +6,15 @@
 // gives medians, ratios and bnorm's bandwidth under the byte model as a
 // fraction of the copy bandwidth measured in the same turns.
 //
-// Byte model (float32 tensor of B bytes): fwd-train 3B (read x twice, write
-// y), fwd-infer 2B, bwd 5B (read x and dy twice, write dx). STREAM copy counts
-// 2 bytes moved per byte copied, as STREAM does.
+// Byte model (tensor of B bytes in the row's element type): fwd-train 3B
+// (read x twice, write y), fwd-infer 2B, bwd 5B (read x and dy twice, write
+// dx). STREAM copy counts 2 bytes moved per byte copied, as STREAM does.
+//
+// Element types (--dtype f32,f64,bf16,f16): x, y, dy, dx in the type;
+// weights and statistics float (double for f64), as bnorm::param_t. Anchors
+// run what they support: oneDNN bf16 (and f16 where its CPU build has it),
+// PyTorch bfloat16 with float weights (and Half where it has a CPU kernel)
+// and float64; a row an anchor cannot run shows n/a.
 #include <omp.h>
 
 #include <algorithm>
@@ -44,15 +50,20 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// 64-byte aligned float buffer, first-touched at allocation.
+// 64-byte aligned buffer of n elements of elem bytes (float unless told),
+// first-touched at allocation.
 struct Buffer {
   float* data = nullptr;
   size_t size = 0;
-  explicit Buffer(size_t n = 0) : size(n) {
+  explicit Buffer(size_t n = 0, size_t elem = sizeof(float)) : size(n) {
     if (n == 0) return;
-    data = static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64));
+    data = static_cast<float*>(std::aligned_alloc(64, (n * elem + 63) / 64 * 64));
     if (!data) throw std::bad_alloc();
-    std::memset(data, 0, n * sizeof(float));
+    std::memset(data, 0, n * elem);
+  }
+  template <class T>
+  T* as() const {
+    return reinterpret_cast<T*>(data);
   }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -77,6 +88,34 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
 }
 
+enum class DType { f32, f64, bf16, f16 };
+const char* dtype_name(DType t) {
+  return t == DType::f32 ? "f32" : t == DType::f64 ? "f64" : t == DType::bf16 ? "bf16" : "f16";
+}
+size_t dtype_bytes(DType t) { return t == DType::f64 ? 8 : t == DType::f32 ? 4 : 2; }
+// f.template operator()<T>() for the element type t.
+template <class F>
+decltype(auto) with_type(DType t, F&& f) {
+  switch (t) {
+    case DType::f64:
+      return f.template operator()<double>();
+    case DType::bf16:
+      return f.template operator()<bnorm::bfloat16>();
+    case DType::f16:
+      return f.template operator()<bnorm::float16>();
+    default:
+      return f.template operator()<float>();
+  }
+}
+
+// n normal values rounded to T.
+template <class T>
+void fill_typed(Buffer& b, uint64_t seed, float mean, float stddev) {
+  Buffer f(b.size);
+  fill_normal(f, seed, mean, stddev);
+  for (size_t i = 0; i < b.size; ++i) b.as<T>()[i] = T(f.data[i]);
+}
+
 enum class Op { fwd_train, fwd_infer, bwd };
 const char* op_name(Op op) {
   return op == Op::fwd_train ? "fwd-train" : op == Op::fwd_infer ? "fwd-infer" : "bwd";
@@ -87,41 +126,50 @@ struct Dims {
   int64_t n, c, h, w;
 };
 
-// Everything one (shape, layout) row needs, shared by all implementations.
+// Everything one (shape, layout, dtype) row needs, shared by all
+// implementations: tensors in the element type, per-channel values in its
+// parameter type (float, or double for f64).
 struct Data {
   Dims dims;
   bnorm::Shape shape;
+  DType dtype;
   Buffer x, dy, weight, bias, rm, rv, y, dx, mean, invstd, var, dw, db;
-  Data(Dims d, bnorm::Layout layout)
+  Data(Dims d, bnorm::Layout layout, DType t)
       : dims(d),
         shape{d.n, d.c, d.h * d.w, layout},
-        x(size_t(shape.numel())),
-        dy(size_t(shape.numel())),
-        weight(size_t(d.c)),
-        bias(size_t(d.c)),
-        rm(size_t(d.c)),
-        rv(size_t(d.c)),
-        y(size_t(shape.numel())),
-        dx(size_t(shape.numel())),
-        mean(size_t(d.c)),
-        invstd(size_t(d.c)),
-        var(size_t(d.c)),
-        dw(size_t(d.c)),
-        db(size_t(d.c)) {
-    fill_normal(x, 1, 0.5f, 2.0f);
-    fill_normal(dy, 2, 0.0f, 1.0f);
-    fill_normal(weight, 3, 1.0f, 0.2f);
-    fill_normal(bias, 4, 0.0f, 0.2f);
-    // Batch statistics for backward and running statistics for inference.
-    bnorm::forward_training<float>(shape, x.data, weight.data, bias.data, y.data, mean.data,
-                                   invstd.data, nullptr, nullptr);
-    for (int64_t k = 0; k < d.c; ++k) {
-      var.data[k] = 1.f / (invstd.data[k] * invstd.data[k]) - 1e-5f;
-      rm.data[k] = mean.data[k];
-      rv.data[k] = var.data[k];
-    }
+        dtype(t),
+        x(size_t(shape.numel()), dtype_bytes(t)),
+        dy(size_t(shape.numel()), dtype_bytes(t)),
+        weight(size_t(d.c), pbytes()),
+        bias(size_t(d.c), pbytes()),
+        rm(size_t(d.c), pbytes()),
+        rv(size_t(d.c), pbytes()),
+        y(size_t(shape.numel()), dtype_bytes(t)),
+        dx(size_t(shape.numel()), dtype_bytes(t)),
+        mean(size_t(d.c), pbytes()),
+        invstd(size_t(d.c), pbytes()),
+        var(size_t(d.c), pbytes()),
+        dw(size_t(d.c), pbytes()),
+        db(size_t(d.c), pbytes()) {
+    with_type(t, [&]<class T>() {
+      using P = bnorm::param_t<T>;
+      fill_typed<T>(x, 1, 0.5f, 2.0f);
+      fill_typed<T>(dy, 2, 0.0f, 1.0f);
+      fill_typed<P>(weight, 3, 1.0f, 0.2f);
+      fill_typed<P>(bias, 4, 0.0f, 0.2f);
+      // Batch statistics for backward and running statistics for inference.
+      bnorm::forward_training<T>(shape, x.as<T>(), weight.as<P>(), bias.as<P>(), y.as<T>(),
+                                 mean.as<P>(), invstd.as<P>(), nullptr, nullptr);
+      for (int64_t k = 0; k < d.c; ++k) {
+        const P is = invstd.as<P>()[k];
+        var.as<P>()[k] = P(1) / (is * is) - P(1e-5);
+        rm.as<P>()[k] = mean.as<P>()[k];
+        rv.as<P>()[k] = var.as<P>()[k];
+      }
+    });
   }
-  double bytes() const { return double(shape.numel()) * sizeof(float); }
+  size_t pbytes() const { return dtype == DType::f64 ? 8 : 4; }
+  double bytes() const { return double(shape.numel()) * double(dtype_bytes(dtype)); }
 };
 
 constexpr double kEps = 1e-5;
@@ -138,24 +186,28 @@ Impl bnorm_impl() {
   impl.name = "bnorm";
   impl.set_threads = [](int t) { bnorm::set_num_threads(t); };
   impl.make = [](Data& d, Op op) -> std::optional<std::function<void()>> {
-    switch (op) {
-      case Op::fwd_train:
-        return [&d] {
-          bnorm::forward_training<float>(d.shape, d.x.data, d.weight.data, d.bias.data, d.y.data,
-                                         d.mean.data, d.invstd.data, d.rm.data, d.rv.data);
-        };
-      case Op::fwd_infer:
-        return [&d] {
-          bnorm::forward_inference<float>(d.shape, d.x.data, d.weight.data, d.bias.data, d.rm.data,
-                                          d.rv.data, d.y.data, kEps);
-        };
-      case Op::bwd:
-        return [&d] {
-          bnorm::backward<float>(d.shape, d.dy.data, d.x.data, d.weight.data, d.mean.data,
-                                 d.invstd.data, d.dx.data, d.dw.data, d.db.data);
-        };
-    }
-    return std::nullopt;
+    return with_type(d.dtype, [&]<class T>() -> std::optional<std::function<void()>> {
+      using P = bnorm::param_t<T>;
+      switch (op) {
+        case Op::fwd_train:
+          return [&d] {
+            bnorm::forward_training<T>(d.shape, d.x.as<T>(), d.weight.as<P>(), d.bias.as<P>(),
+                                       d.y.as<T>(), d.mean.as<P>(), d.invstd.as<P>(), d.rm.as<P>(),
+                                       d.rv.as<P>());
+          };
+        case Op::fwd_infer:
+          return [&d] {
+            bnorm::forward_inference<T>(d.shape, d.x.as<T>(), d.weight.as<P>(), d.bias.as<P>(),
+                                        d.rm.as<P>(), d.rv.as<P>(), d.y.as<T>(), kEps);
+          };
+        case Op::bwd:
+          return [&d] {
+            bnorm::backward<T>(d.shape, d.dy.as<T>(), d.x.as<T>(), d.weight.as<P>(), d.mean.as<P>(),
+                               d.invstd.as<P>(), d.dx.as<T>(), d.dw.as<P>(), d.db.as<P>());
+          };
+      }
+      return std::nullopt;
+    });
   };
   return impl;
 }
@@ -176,7 +228,12 @@ Impl dnnl_impl() {
   impl.make = [state](Data& d, Op op) -> std::optional<std::function<void()>> {
     using namespace dnnl;
     using tag = memory::format_tag;
-    const memory::desc md({d.dims.n, d.dims.c, d.dims.h, d.dims.w}, memory::data_type::f32,
+    if (d.dtype == DType::f64) return std::nullopt;  // no f64 in oneDNN
+    const auto dt = d.dtype == DType::bf16  ? memory::data_type::bf16
+                    : d.dtype == DType::f16 ? memory::data_type::f16
+                                            : memory::data_type::f32;
+    // Scale, shift and statistics stay f32 for every source type.
+    const memory::desc md({d.dims.n, d.dims.c, d.dims.h, d.dims.w}, dt,
                           d.shape.layout == bnorm::Layout::NCHW ? tag::nchw : tag::nhwc);
     const memory::desc cd({d.dims.c}, memory::data_type::f32, tag::a);
     auto& eng = state->engine;
@@ -229,7 +286,7 @@ Impl dnnl_impl() {
         state->stream.wait();
       };
     } catch (const dnnl::error& e) {
-      std::fprintf(stderr, "oneDNN: %s: %s\n", op_name(op), e.what());
+      std::fprintf(stderr, "oneDNN: %s %s: %s\n", dtype_name(d.dtype), op_name(op), e.what());
       return std::nullopt;
     }
   };
@@ -285,37 +342,57 @@ Impl torch_impl() {
   impl.name = "PyTorch";
   impl.set_threads = [](int t) { at::set_num_threads(t); };
   impl.make = [](Data& d, Op op) -> std::optional<std::function<void()>> {
-    const auto opts = at::TensorOptions().dtype(at::kFloat);
+    const auto type = d.dtype == DType::f64    ? at::kDouble
+                      : d.dtype == DType::bf16 ? at::kBFloat16
+                      : d.dtype == DType::f16  ? at::kHalf
+                                               : at::kFloat;
+    const auto opts = at::TensorOptions().dtype(type);
+    // Weights and statistics: float (double for f64), as torch's mixed-type
+    // CPU batch norm takes them.
+    const auto popts = at::TensorOptions().dtype(d.dtype == DType::f64 ? at::kDouble : at::kFloat);
     const auto [n, c, h, w] = d.dims;
     std::vector<int64_t> sizes{n, c, h, w};
     std::vector<int64_t> strides = d.shape.layout == bnorm::Layout::NCHW
                                        ? std::vector<int64_t>{c * h * w, h * w, w, 1}
                                        : std::vector<int64_t>{h * w * c, 1, w * c, c};
     auto t4 = [&](Buffer& b) { return at::from_blob(b.data, sizes, strides, opts); };
-    auto t1 = [&](Buffer& b) { return at::from_blob(b.data, {c}, opts); };
+    auto t1 = [&](Buffer& b) { return at::from_blob(b.data, {c}, popts); };
     auto x = t4(d.x), dy = t4(d.dy), wt = t1(d.weight), bt = t1(d.bias), rm = t1(d.rm),
          rv = t1(d.rv), sm = t1(d.mean), si = t1(d.invstd);
     // Running statistics updated by the training forward go to copies.
     auto rm2 = rm.clone(), rv2 = rv.clone();
+    std::function<void()> f;
     switch (op) {
       case Op::fwd_train:
-        return [=] {
+        f = [=] {
           c10::InferenceMode guard;
           auto out = at::native_batch_norm(x, wt, bt, rm2, rv2, true, 0.1, kEps);
         };
+        break;
       case Op::fwd_infer:
-        return [=] {
+        f = [=] {
           c10::InferenceMode guard;
           auto out = at::native_batch_norm(x, wt, bt, rm, rv, false, 0.1, kEps);
         };
+        break;
       case Op::bwd:
-        return [=] {
+        f = [=] {
           c10::InferenceMode guard;
           auto out = at::native_batch_norm_backward(dy, x, wt, rm, rv, sm, si, true, kEps,
                                                     {true, true, true});
         };
+        break;
     }
-    return std::nullopt;
+    // A dtype without a CPU kernel (or without mixed float weights) throws.
+    try {
+      f();
+    } catch (const c10::Error& e) {
+      const std::string what = e.what_without_backtrace();
+      std::fprintf(stderr, "PyTorch: %s %s: %s\n", dtype_name(d.dtype), op_name(op),
+                   what.substr(0, what.find('\n')).c_str());
+      return std::nullopt;
+    }
+    return f;
   };
   return impl;
 }
@@ -354,6 +431,11 @@ struct Row {
   int threads;
   std::vector<double> ms;  // per implementation, NaN if not run
   double stream_gbs, bytes;
+  DType dtype = DType::f32;
+  double numel = 0;
+  std::string key() const {  // the row of the same case in another dtype
+    return shape + layout + op + cache + std::to_string(threads);
+  }
 };
 
 struct Config {
@@ -362,6 +444,7 @@ struct Config {
   std::vector<int> threads{1, 2};
   int reps = 0;
   std::vector<Dims> shapes;  // empty: the standard list
+  std::vector<DType> dtypes{DType::f32};
 };
 
 std::string fmt(const char* f, double v) {
@@ -393,12 +476,30 @@ int main(int argc, char** argv) {
         return 2;
       }
       cfg.shapes.push_back(d);
+    } else if (a == "--dtype" && i + 1 < argc) {
+      cfg.dtypes.clear();
+      std::stringstream ss(argv[++i]);
+      for (std::string t; std::getline(ss, t, ',');) {
+        if (t == "f32") {
+          cfg.dtypes.push_back(DType::f32);
+        } else if (t == "f64") {
+          cfg.dtypes.push_back(DType::f64);
+        } else if (t == "bf16") {
+          cfg.dtypes.push_back(DType::bf16);
+        } else if (t == "f16") {
+          cfg.dtypes.push_back(DType::f16);
+        } else {
+          std::fprintf(stderr, "--dtype: expected f32, f64, bf16 or f16, got %s\n", t.c_str());
+          return 2;
+        }
+      }
     } else if (a == "--reps" && i + 1 < argc) {
       cfg.reps = std::stoi(argv[++i]);
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--quick] [--markdown FILE] [--threads 1,2] [--reps N] [--shape n,c,h,w]...\n"
+          "          [--dtype f32,f64,bf16,f16]\n"
           "unknown argument: %s\n",
           argv[0], a.c_str());
       return 2;
@@ -430,77 +531,93 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   for (const Dims& dims : shapes)
-    for (auto layout : {bnorm::Layout::NCHW, bnorm::Layout::NHWC}) {
-      Data data(dims, layout);
-      const std::string shape_name = "(" + std::to_string(dims.n) + "," + std::to_string(dims.c) +
-                                     "," + std::to_string(dims.h) + "," + std::to_string(dims.w) +
-                                     ")";
-      for (Op op : {Op::fwd_train, Op::fwd_infer, Op::bwd}) {
-        for (int threads : cfg.threads) {
-          omp_set_num_threads(threads);
-          for (auto& impl : impls) impl.set_threads(threads);
-          // After the thread count is set: oneDNN fixes its thread count when
-          // it creates a primitive.
-          std::vector<std::optional<std::function<void()>>> fns;
-          for (auto& impl : impls) fns.push_back(impl.make(data, op));
-          for (bool cold : {false, true}) {
-            std::vector<std::vector<double>> times(impls.size());
-            std::vector<double> copies;
-            for (auto& f : fns)
-              if (f) (*f)();  // warm-up (first-touch, primitive caches)
-            for (int r = 0; r < reps; ++r) {
-              copies.push_back(stream.run(threads));
-              for (size_t j = 0; j < impls.size(); ++j) {
-                const size_t i = (j + size_t(r)) % impls.size();  // rotate who goes first
-                if (!fns[i]) continue;
-                if (cold) {
-                  sweep.run();
-                } else {
-                  (*fns[i])();  // back-to-back: the previous call warmed the caches
+    for (auto layout : {bnorm::Layout::NCHW, bnorm::Layout::NHWC})
+      for (DType dtype : cfg.dtypes) {
+        Data data(dims, layout, dtype);
+        const std::string shape_name = "(" + std::to_string(dims.n) + "," + std::to_string(dims.c) +
+                                       "," + std::to_string(dims.h) + "," + std::to_string(dims.w) +
+                                       ")";
+        for (Op op : {Op::fwd_train, Op::fwd_infer, Op::bwd}) {
+          for (int threads : cfg.threads) {
+            omp_set_num_threads(threads);
+            for (auto& impl : impls) impl.set_threads(threads);
+            // After the thread count is set: oneDNN fixes its thread count when
+            // it creates a primitive.
+            std::vector<std::optional<std::function<void()>>> fns;
+            for (auto& impl : impls) fns.push_back(impl.make(data, op));
+            for (bool cold : {false, true}) {
+              std::vector<std::vector<double>> times(impls.size());
+              std::vector<double> copies;
+              for (auto& f : fns)
+                if (f) (*f)();  // warm-up (first-touch, primitive caches)
+              for (int r = 0; r < reps; ++r) {
+                copies.push_back(stream.run(threads));
+                for (size_t j = 0; j < impls.size(); ++j) {
+                  const size_t i = (j + size_t(r)) % impls.size();  // rotate who goes first
+                  if (!fns[i]) continue;
+                  if (cold) {
+                    sweep.run();
+                  } else {
+                    (*fns[i])();  // back-to-back: the previous call warmed the caches
+                  }
+                  const auto t0 = Clock::now();
+                  (*fns[i])();
+                  times[i].push_back(seconds_since(t0) * 1e3);
                 }
-                const auto t0 = Clock::now();
-                (*fns[i])();
-                times[i].push_back(seconds_since(t0) * 1e3);
               }
+              Row row{shape_name,
+                      layout == bnorm::Layout::NCHW ? "NCHW" : "NHWC",
+                      op_name(op),
+                      cold ? "cold" : "warm",
+                      threads,
+                      {},
+                      stream.bytes() / median(copies) / 1e9,
+                      data.bytes() * byte_factor(op),
+                      dtype,
+                      double(data.shape.numel())};
+              for (auto& t : times) row.ms.push_back(median(t));
+              rows.push_back(row);
+              std::fprintf(stderr, "%s %s %s %s %dT %s: bnorm %.3f ms\n", row.shape.c_str(),
+                           row.layout.c_str(), dtype_name(dtype), row.op.c_str(), threads,
+                           row.cache.c_str(), row.ms[0]);
             }
-            Row row{shape_name,
-                    layout == bnorm::Layout::NCHW ? "NCHW" : "NHWC",
-                    op_name(op),
-                    cold ? "cold" : "warm",
-                    threads,
-                    {},
-                    stream.bytes() / median(copies) / 1e9,
-                    data.bytes() * byte_factor(op)};
-            for (auto& t : times) row.ms.push_back(median(t));
-            rows.push_back(row);
-            std::fprintf(stderr, "%s %s %s %dT %s: bnorm %.3f ms\n", row.shape.c_str(),
-                         row.layout.c_str(), row.op.c_str(), threads, row.cache.c_str(), row.ms[0]);
           }
         }
       }
-    }
 
   // The table.
+  std::map<std::string, double> f32_ms;  // bnorm's f32 time of each case
+  for (const Row& r : rows)
+    if (r.dtype == DType::f32) f32_ms[r.key()] = r.ms[0];
   std::ostringstream out;
-  out << "Byte model: fwd-train 3x, fwd-infer 2x, bwd 5x the tensor's bytes. "
+  out << "Byte model: fwd-train 3x, fwd-infer 2x, bwd 5x the tensor's bytes in the row's dtype. "
          "GB/s = model bytes / bnorm's median time; % STREAM = that over the STREAM copy "
-         "bandwidth measured in the same turns (2 x bytes copied).\n"
-         "Speed-up = other's median ms / bnorm's; best = the faster of the others.\n\n";
-  out << "| shape | layout | op | thr | cache |";
+         "bandwidth measured in the same turns (2 x bytes copied). Gelem/s = tensor elements / "
+         "bnorm's median time; vs f32 = bnorm's f32 time of the same case / this row's (elements "
+         "per second over bnorm's own f32).\n"
+         "Speed-up = other's median ms / bnorm's; best = the faster of the others that run the "
+         "dtype (n/a: cannot).\n\n";
+  out << "| shape | layout | dtype | op | thr | cache |";
   for (auto& impl : impls) out << " " << impl.name << " ms |";
   for (size_t i = 1; i < impls.size(); ++i) out << " vs " << impls[i].name << " |";
   if (impls.size() > 1) out << " vs best |";
-  out << " bnorm GB/s | STREAM GB/s | % STREAM |\n|";
-  const size_t cols = 9 + impls.size() + (impls.size() - 1) + (impls.size() > 1 ? 1 : 0);
+  out << " bnorm GB/s | Gelem/s | vs f32 | STREAM GB/s | % STREAM |\n|";
+  const size_t cols = 12 + impls.size() + (impls.size() - 1) + (impls.size() > 1 ? 1 : 0);
   for (size_t i = 0; i < cols; ++i) out << "---|";
   out << "\n";
-  std::map<std::string, std::vector<double>> logs;  // geometric means by cache state
-  int behind = 0;
-  double worst = INFINITY;
-  std::string worst_row;
+  struct Summary {
+    std::map<std::string, std::vector<double>> logs;  // by cache state, and "all"
+    int behind = 0, rows = 0;
+    double worst = INFINITY;
+    std::string worst_row;
+    std::vector<double> vs_f32, vs_f32_big;  // logs of elements/s over bnorm's f32
+  };
+  std::map<DType, Summary> sums;
   for (const Row& r : rows) {
-    out << "| " << r.shape << " | " << r.layout << " | " << r.op << " | " << r.threads << " | "
-        << r.cache << " |";
+    Summary& sum = sums[r.dtype];
+    ++sum.rows;
+    out << "| " << r.shape << " | " << r.layout << " | " << dtype_name(r.dtype) << " | " << r.op
+        << " | " << r.threads << " | " << r.cache << " |";
     for (double ms : r.ms) out << " " << fmt("%.3f", ms) << " |";
     double best = NAN;
     for (size_t i = 1; i < r.ms.size(); ++i) {
@@ -511,30 +628,49 @@ int main(int argc, char** argv) {
       const double speedup = best / r.ms[0];
       out << " " << fmt("%.2fx", speedup) << " |";
       if (!std::isnan(speedup)) {
-        logs[r.cache].push_back(std::log(speedup));
-        logs["all"].push_back(std::log(speedup));
-        if (speedup < 1) ++behind;
-        if (speedup < worst) {
-          worst = speedup;
-          worst_row = r.shape + " " + r.layout + " " + r.op + " " + std::to_string(r.threads) +
-                      "T " + r.cache;
+        sum.logs[r.cache].push_back(std::log(speedup));
+        sum.logs["all"].push_back(std::log(speedup));
+        if (speedup < 1) ++sum.behind;
+        if (speedup < sum.worst) {
+          sum.worst = speedup;
+          sum.worst_row = r.shape + " " + r.layout + " " + r.op + " " + std::to_string(r.threads) +
+                          "T " + r.cache;
         }
       }
     }
     const double gbs = r.bytes / (r.ms[0] * 1e-3) / 1e9;
-    out << " " << fmt("%.1f", gbs) << " | " << fmt("%.1f", r.stream_gbs) << " | "
+    double vs_f32 = NAN;
+    if (r.dtype != DType::f32 && f32_ms.count(r.key())) {
+      vs_f32 = f32_ms[r.key()] / r.ms[0];
+      sum.vs_f32.push_back(std::log(vs_f32));
+      if (r.shape == "(16,128,112,112)") sum.vs_f32_big.push_back(std::log(vs_f32));
+    }
+    out << " " << fmt("%.1f", gbs) << " | " << fmt("%.2f", r.numel / (r.ms[0] * 1e-3) / 1e9)
+        << " | " << fmt("%.2fx", vs_f32) << " | " << fmt("%.1f", r.stream_gbs) << " | "
         << fmt("%.0f%%", 100 * gbs / r.stream_gbs) << " |\n";
   }
   out << "\n";
-  for (auto& [key, v] : logs) {
-    double s = 0;
-    for (double l : v) s += l;
-    out << "Geometric-mean speed-up over the faster anchor (" << key << " rows, " << v.size()
-        << "): " << fmt("%.2fx", std::exp(s / double(v.size()))) << "\n";
+  const auto geomean = [](const std::vector<double>& logs) {
+    double t = 0;
+    for (double l : logs) t += l;
+    return logs.empty() ? NAN : std::exp(t / double(logs.size()));
+  };
+  for (auto& [dtype, sum] : sums) {
+    const std::string name = dtype_name(dtype);
+    for (auto& [key, v] : sum.logs)
+      out << name << ": geometric-mean speed-up over the faster anchor (" << key << " rows, "
+          << v.size() << "): " << fmt("%.2fx", geomean(v)) << "\n";
+    if (!sum.logs.empty())
+      out << name << ": rows where bnorm is behind the faster anchor: " << sum.behind << " of "
+          << sum.logs["all"].size() << "; slowest row: " << sum.worst_row << " at "
+          << fmt("%.2fx", sum.worst) << "\n";
+    else if (impls.size() > 1)
+      out << name << ": no anchor runs this dtype\n";
+    if (!sum.vs_f32.empty())
+      out << name << ": elements/s over bnorm's f32, geometric mean over " << sum.vs_f32.size()
+          << " rows: " << fmt("%.2fx", geomean(sum.vs_f32))
+          << "; on (16,128,112,112): " << fmt("%.2fx", geomean(sum.vs_f32_big)) << "\n";
   }
-  if (!logs.empty())
-    out << "Rows where bnorm is behind the faster anchor: " << behind
-        << "; slowest row: " << worst_row << " at " << fmt("%.2fx", worst) << "\n";
   out << "Anchors built in:";
   for (size_t i = 1; i < impls.size(); ++i) out << " " << impls[i].name;
   if (impls.size() == 1) out << " none (bnorm alone)";

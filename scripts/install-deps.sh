@@ -12,6 +12,10 @@ packages=(
   python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-torchvision python3-onnx
   # reliability: libFuzzer harnesses, ThreadSanitizer with LLVM's OpenMP, property tests
   clang libfuzzer-14-dev libomp-dev python3-hypothesis
+  # ONNX conformance test: the BatchNormalization cases (read with python3-onnx)
+  libonnx-testdata
+  # pip install . (setuptools backend driving CMake), python3 -m build
+  python3-pip python3-setuptools python3-wheel python3-venv python3-build
   # synchronized batch norm
   libopenmpi-dev openmpi-bin
   # training demo

@@ -22,13 +22,22 @@ BatchNorm<T>::BatchNorm(int64_t num_features, double eps, std::optional<double> 
   if (momentum && (!std::isfinite(*momentum) || *momentum < 0 || *momentum > 1))
     detail::fail(fn, "momentum must be in [0, 1], got " + std::to_string(*momentum));
   if (affine_) {
-    weight_.assign(size_t(c_), T(1));
-    bias_.assign(size_t(c_), T(0));
+    weight_.assign(size_t(c_), param_type(1));
+    bias_.assign(size_t(c_), param_type(0));
   }
   if (track_) {
-    running_mean_.assign(size_t(c_), T(0));
-    running_var_.assign(size_t(c_), T(1));
+    running_mean_.assign(size_t(c_), param_type(0));
+    running_var_.assign(size_t(c_), param_type(1));
   }
+}
+
+template <class T>
+void BatchNorm<T>::set_virtual_batch_size(int64_t virtual_batch_size) {
+  if (virtual_batch_size != 0 && virtual_batch_size < 2)
+    detail::fail("BatchNorm::set_virtual_batch_size",
+                 "virtual_batch_size must be 0 (the whole batch) or >= 2, got " +
+                     std::to_string(virtual_batch_size));
+  virtual_batch_size_ = virtual_batch_size;
 }
 
 template <class T>
@@ -41,29 +50,38 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   if (int64_t(x.size()) != shape.numel())
     detail::fail(fn, "x has " + std::to_string(x.size()) + " values, the shape needs " +
                          std::to_string(shape.numel()));
+  const param_type* w = affine_ ? weight_.data() : nullptr;
+  const param_type* b = affine_ ? bias_.data() : nullptr;
+  std::vector<T> y(x.size());
   const bool batch_stats = training_ || !track_;
   // Checked here too, so that the error names the layer rather than the
   // kernel it calls.
   if (batch_stats && shape.m() < 2)
     detail::fail(fn, "expected more than 1 value per channel with batch statistics, got n*s = " +
                          std::to_string(shape.m()));
-  const T* w = affine_ ? weight_.data() : nullptr;
-  const T* b = affine_ ? bias_.data() : nullptr;
-  std::vector<T> y(x.size());
-  std::vector<T> mean(static_cast<size_t>(c_)), invstd(static_cast<size_t>(c_));
+  // Ghost batch norm in training mode: statistics per group of samples.
+  const int64_t vbs = training_ ? virtual_batch_size_ : 0;
+  const int64_t groups = vbs > 0 ? ghost_groups(shape.n, vbs) : 1;
+  std::vector<param_type> mean(size_t(groups * c_)), invstd(size_t(groups * c_));
   if (batch_stats) {
     const bool update = training_ && track_;
     Options options{eps_, momentum_, num_batches_tracked_ + 1};
-    forward_training(shape, x.data(), w, b, y.data(), mean.data(), invstd.data(),
-                     update ? running_mean_.data() : nullptr,
-                     update ? running_var_.data() : nullptr, options);
-    if (update) ++num_batches_tracked_;
+    options.unbiased_running_var = unbiased_running_var_;
+    param_type* rm = update ? running_mean_.data() : nullptr;
+    param_type* rv = update ? running_var_.data() : nullptr;
+    if (vbs > 0)
+      ghost_forward_training(shape, vbs, x.data(), w, b, y.data(), mean.data(), invstd.data(), rm,
+                             rv, options);
+    else
+      forward_training(shape, x.data(), w, b, y.data(), mean.data(), invstd.data(), rm, rv,
+                       options);
+    if (update) num_batches_tracked_ += groups;
   } else {
     forward_inference(shape, x.data(), w, b, running_mean_.data(), running_var_.data(), y.data(),
                       eps_);
     for (int64_t k = 0; k < c_; ++k) {
       mean[size_t(k)] = running_mean_[size_t(k)];
-      invstd[size_t(k)] = T(1.0 / std::sqrt(double(running_var_[size_t(k)]) + eps_));
+      invstd[size_t(k)] = param_type(1.0 / std::sqrt(double(running_var_[size_t(k)]) + eps_));
     }
   }
   shape_ = shape;
@@ -71,6 +89,7 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   mean_ = std::move(mean);
   invstd_ = std::move(invstd);
   cache_batch_stats_ = batch_stats;
+  cache_virtual_batch_size_ = vbs;
   have_cache_ = true;
   return y;
 }
@@ -88,10 +107,13 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
     g.dweight.resize(static_cast<size_t>(c_));
     g.dbias.resize(static_cast<size_t>(c_));
   }
-  T* dw = affine_ ? g.dweight.data() : nullptr;
-  T* db = affine_ ? g.dbias.data() : nullptr;
-  const T* w = affine_ ? weight_.data() : nullptr;
-  if (cache_batch_stats_)
+  param_type* dw = affine_ ? g.dweight.data() : nullptr;
+  param_type* db = affine_ ? g.dbias.data() : nullptr;
+  const param_type* w = affine_ ? weight_.data() : nullptr;
+  if (cache_virtual_batch_size_ > 0)
+    ghost_backward(shape_, cache_virtual_batch_size_, dy.data(), x_.data(), w, mean_.data(),
+                   invstd_.data(), g.dx.data(), dw, db);
+  else if (cache_batch_stats_)
     bnorm::backward(shape_, dy.data(), x_.data(), w, mean_.data(), invstd_.data(), g.dx.data(), dw,
                     db);
   else
@@ -102,5 +124,7 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
 
 template class BatchNorm<float>;
 template class BatchNorm<double>;
+template class BatchNorm<bfloat16>;
+template class BatchNorm<float16>;
 
 }  // namespace bnorm

@@ -3,6 +3,7 @@
 // the offending value; callers run all checks before writing anything.
 #pragma once
 
+#include <algorithm>
 #include <bnorm/bnorm.hpp>
 #include <cmath>
 #include <stdexcept>
@@ -56,6 +57,37 @@ inline double running_factor(const char* fn, const Options& options, const void*
     fail(fn, "momentum is nullopt (cumulative average) but num_batches_tracked is " +
                  std::to_string(options.num_batches_tracked) + ", expected >= 1");
   return 1.0 / double(options.num_batches_tracked);
+}
+
+// Batch Renormalization's limits, and the running statistics r and d come
+// from (checked for both-or-neither by running_factor before).
+inline void check_renorm(const char* fn, const RenormLimits& limits, const void* running_mean) {
+  if (!std::isfinite(limits.rmax) || limits.rmax < 1)
+    fail(fn, "rmax must be finite and >= 1, got " + std::to_string(limits.rmax));
+  if (!std::isfinite(limits.dmax) || limits.dmax < 0)
+    fail(fn, "dmax must be finite and >= 0, got " + std::to_string(limits.dmax));
+  if (running_mean == nullptr)
+    fail(fn, "running_mean and running_var are required: r and d are defined by them");
+}
+
+// Ghost batch norm's groups: at least 2 samples each, and a last group that
+// still holds more than one value per channel.
+inline void check_ghost(const char* fn, const Shape& shape, int64_t virtual_batch_size) {
+  if (virtual_batch_size < 2)
+    fail(fn, "virtual_batch_size must be >= 2, got " + std::to_string(virtual_batch_size));
+  const int64_t last = shape.n % virtual_batch_size;
+  if (last != 0 && last * shape.s < 2)
+    fail(fn, "the last group holds " + std::to_string(last) + " sample(s) of n = " +
+                 std::to_string(shape.n) + " with s = " + std::to_string(shape.s) +
+                 ": 1 value per channel, expected more than 1 (virtual_batch_size " +
+                 std::to_string(virtual_batch_size) + ")");
+}
+
+// Group g's shape: samples [g * virtual_batch_size, min(n, (g + 1) * virtual_batch_size)).
+inline Shape ghost_group(const Shape& shape, int64_t virtual_batch_size, int64_t g) {
+  Shape part = shape;
+  part.n = std::min(shape.n, (g + 1) * virtual_batch_size) - g * virtual_batch_size;
+  return part;
 }
 
 }  // namespace bnorm::detail

@@ -8,6 +8,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace bnorm::test {
@@ -26,9 +27,62 @@ std::vector<T> cast(std::span<const double> v) {
   return std::vector<T>(v.begin(), v.end());
 }
 
+// A value of any element type as double (the 16-bit types convert to float
+// exactly, explicitly).
+template <class T>
+double to_double(T v) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return double(v);
+  } else {
+    return double(float(v));
+  }
+}
+
 template <class T>
 std::vector<double> widen(std::span<const T> v) {
-  return std::vector<double>(v.begin(), v.end());
+  std::vector<double> out;
+  out.reserve(v.size());
+  for (const T& e : v) out.push_back(to_double(e));
+  return out;
+}
+
+// Unit roundoff of T: half the spacing of T's values at 1, the largest
+// relative error of one rounding to nearest.
+template <class T>
+constexpr double unit_roundoff() {
+  if constexpr (std::is_same_v<T, double>) return 0x1p-53;
+  if constexpr (std::is_same_v<T, float>) return 0x1p-24;
+  if constexpr (std::is_same_v<T, bfloat16>) return 0x1p-8;
+  return 0x1p-11;  // float16
+}
+// Half the smallest subnormal of T: the absolute error of one rounding where
+// the result is subnormal.
+template <class T>
+constexpr double subnormal_half_spacing() {
+  if constexpr (std::is_same_v<T, double>) return 0x1p-1074;  // (half is not a double)
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bfloat16>) return 0x1p-150;
+  return 0x1p-25;  // float16
+}
+
+// max_i |got_i - want_i| / (u * |want_i| + abs): 1 or less when every value
+// is within one rounding of T (u) of the oracle's, plus an absolute term
+// for the error of the computation before that rounding. NaN counts as
+// failure.
+inline double rounding_ratio(std::span<const double> got, std::span<const double> want, double u,
+                             double abs) {
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] == want[i]) continue;
+    const double r = std::abs(got[i] - want[i]) / (u * std::abs(want[i]) + abs);
+    if (!(r <= worst)) worst = std::isnan(r) ? INFINITY : r;
+  }
+  return worst;
+}
+
+inline double max_abs(std::span<const double> v) {
+  double m = 0;
+  for (double e : v) m = std::max(m, std::abs(e));
+  return m;
 }
 
 inline double scaled_error(std::span<const double> a, std::span<const double> b) {

@@ -18,6 +18,10 @@ const char* to_string(Norm norm) {
       return "frozen moments";
     case Norm::affine:
       return "affine only";
+    case Norm::batch_renorm:
+      return "batch renorm";
+    case Norm::ghost:
+      return "ghost batch norm";
   }
   return "?";
 }
@@ -43,9 +47,11 @@ double Rng::normal() {
 // ---- normalization layer ---------------------------------------------------
 
 template <class T>
-NormLayer<T>::NormLayer(Norm kind, int features, double momentum) : kind_(kind) {
-  if (kind == Norm::batchnorm || kind == Norm::frozen_moments) {
+NormLayer<T>::NormLayer(Norm kind, int features, double momentum, int64_t virtual_batch_size)
+    : kind_(kind) {
+  if (kind != Norm::none && kind != Norm::affine) {
     bn_.emplace(features, 1e-5, momentum);
+    if (kind == Norm::ghost) bn_->set_virtual_batch_size(virtual_batch_size);
     dgamma_.assign(features, T(0));
     dbeta_.assign(features, T(0));
   } else if (kind == Norm::affine) {
@@ -70,10 +76,33 @@ Matrix<T> NormLayer<T>::forward(const Matrix<T>& z, bool training) {
         for (Eigen::Index k = 0; k < c; ++k) u(i, k) = gamma_[k] * z(i, k) + beta_[k];
       return u;
     }
-    case Norm::batchnorm: {
+    case Norm::batchnorm:
+    case Norm::ghost: {
       bn_->train(training);
       const auto y = bn_->forward(shape, std::span<const T>(z.data(), size_t(z.size())));
       return Eigen::Map<const Matrix<T>>(y.data(), n, c);
+    }
+    case Norm::batch_renorm: {
+      if (!training) {
+        bn_->eval();
+        const auto y = bn_->forward(shape, std::span<const T>(z.data(), size_t(z.size())));
+        return Eigen::Map<const Matrix<T>>(y.data(), n, c);
+      }
+      // The layer class has no renorm mode: the free functions, with the
+      // layer's parameters and running statistics.
+      z_ = z;
+      mean_.resize(c);
+      invstd_.resize(c);
+      r_.resize(c);
+      d_.resize(c);
+      Matrix<T> u(n, c);
+      bnorm::Options options;
+      options.momentum = bn_->momentum();
+      bnorm::batch_renorm_forward_training<T>(
+          shape, z.data(), bn_->weight().data(), bn_->bias().data(), u.data(), mean_.data(),
+          invstd_.data(), r_.data(), d_.data(), bn_->running_mean().data(),
+          bn_->running_var().data(), limits_, options);
+      return u;
     }
     case Norm::frozen_moments: {
       if (!training) {
@@ -114,7 +143,16 @@ Matrix<T> NormLayer<T>::backward(const Matrix<T>& du) {
         }
       return dz;
     }
-    case Norm::batchnorm: {
+    case Norm::batch_renorm: {
+      Matrix<T> dz(n, c);
+      const bnorm::Shape shape{n, c, 1, bnorm::Layout::NCHW};
+      bnorm::batch_renorm_backward<T>(shape, du.data(), z_.data(), bn_->weight().data(),
+                                      mean_.data(), invstd_.data(), r_.data(), d_.data(), dz.data(),
+                                      dgamma_.data(), dbeta_.data());
+      return dz;
+    }
+    case Norm::batchnorm:
+    case Norm::ghost: {
       auto g = bn_->backward(std::span<const T>(du.data(), size_t(du.size())));
       // Copied into place: the optimizer holds pointers to these buffers.
       std::copy(g.dweight.begin(), g.dweight.end(), dgamma_.begin());
@@ -163,11 +201,12 @@ Network<T>::Network(const NetConfig& config) : config_(config) {
     return l;
   };
   for (size_t i = 1; i + 1 < config.sizes.size(); ++i)
-    hidden_.push_back(Hidden{make(config.sizes[i - 1], config.sizes[i]),
-                             NormLayer<T>(config.norm, config.sizes[i], config.bn_momentum),
-                             {},
-                             {},
-                             {}});
+    hidden_.push_back(Hidden{
+        make(config.sizes[i - 1], config.sizes[i]),
+        NormLayer<T>(config.norm, config.sizes[i], config.bn_momentum, config.virtual_batch_size),
+        {},
+        {},
+        {}});
   out_ = make(config.sizes[config.sizes.size() - 2], config.sizes.back());
 }
 
@@ -343,6 +382,11 @@ int64_t train(Network<float>& net, const Split& data, const RunConfig& config,
     if (hook && !hook(step, loss)) return step;
   }
   return config.steps;
+}
+
+template <class T>
+void Network<T>::set_renorm_limits(const bnorm::RenormLimits& limits) {
+  for (auto& h : hidden_) h.norm.set_renorm_limits(limits);
 }
 
 template class NormLayer<float>;

@@ -29,6 +29,8 @@ enum class Norm {
   batchnorm,       // bnorm::BatchNorm, gradient through the batch mean and variance
   frozen_moments,  // batch norm forward, backward with mean and variance held constant
   affine,          // gamma * x + beta per unit, no standardization
+  batch_renorm,    // Batch Renormalization (Ioffe, 2017); limits set by Network::set_renorm_limits
+  ghost,           // ghost batch norm: statistics per group of NetConfig::virtual_batch_size
 };
 enum class Activation { sigmoid, relu };
 const char* to_string(Norm norm);
@@ -56,6 +58,7 @@ struct NetConfig {
   // 1/sqrt(fan_in) (sigmoid) or sqrt(2/fan_in) (ReLU). Biases start at 0.
   double init_std = 0;
   double bn_momentum = 0.1;
+  int64_t virtual_batch_size = 0;  // Norm::ghost only
   uint64_t seed = 1;
 };
 
@@ -70,21 +73,24 @@ struct Param {
 template <class T>
 class NormLayer {
  public:
-  NormLayer(Norm kind, int features, double momentum);
+  NormLayer(Norm kind, int features, double momentum, int64_t virtual_batch_size = 0);
   Matrix<T> forward(const Matrix<T>& z, bool training);
   Matrix<T> backward(const Matrix<T>& du);
   void params(std::vector<Param<T>>& out);
   Norm kind() const { return kind_; }
-  // The batch norm layer (batchnorm and frozen_moments only).
+  void set_renorm_limits(const bnorm::RenormLimits& limits) { limits_ = limits; }
+  // The batch norm layer (every kind but none and affine).
   const bnorm::BatchNorm<T>* batchnorm() const { return bn_ ? &*bn_ : nullptr; }
 
  private:
   Norm kind_;
   std::optional<bnorm::BatchNorm<T>> bn_;
   std::vector<T> gamma_, beta_, dgamma_, dbeta_;
-  // Cached by forward: the input (affine) or the batch moments (frozen).
+  bnorm::RenormLimits limits_{1.0, 0.0};
+  // Cached by forward: the input (affine), the batch moments (frozen), r and
+  // d (batch renorm).
   Matrix<T> z_;
-  std::vector<T> mean_, invstd_;
+  std::vector<T> mean_, invstd_, r_, d_;
   bool batch_stats_ = false;
 };
 
@@ -102,6 +108,8 @@ class Network {
   void train(bool on = true) { training_ = on; }
   bool training() const { return training_; }
   std::vector<Param<T>> params();
+  // Batch Renormalization's rmax and dmax for the following steps.
+  void set_renorm_limits(const bnorm::RenormLimits& limits);
 
   int hidden_layers() const { return int(hidden_.size()); }
   // Layer l's linear output (the normalization layer's input) and the input

@@ -17,10 +17,11 @@
 // and dbias are the global sums on every rank.
 //
 // Collectives per call, on the communicator given (all ranks must call):
-//   1. a pre-flight all-reduce of 16 int64 (128 bytes): c, layout, dtype,
-//      eps, momentum, num_batches_tracked and whether running statistics are
-//      tracked must agree across ranks (their min and max are reduced), every
-//      rank reports whether its own arguments are valid, and the global m is
+//   1. a pre-flight all-reduce of 20 int64 (160 bytes): c, layout, dtype,
+//      eps, momentum, num_batches_tracked, whether running statistics are
+//      tracked and with which variance (Options::unbiased_running_var), and
+//      Batch Renormalization's rmax and dmax must agree across ranks (their min and max are
+//      reduced), every rank reports whether its own arguments are valid, and the global m is
 //      summed. Any mismatch or bad
 //      argument throws std::invalid_argument with the same message on every
 //      rank (a rank's own error text is broadcast from it) before anything
@@ -29,8 +30,8 @@
 //      broadcast: 24c bytes sent by every rank in the reduction, 24c bytes
 //      in the broadcast. backward: c pairs of 2 doubles, the same way: 16c
 //      bytes each way.
-// Per training step (forward + backward) that is 128 + 24c + 24c bytes and
-// 128 + 16c + 16c bytes of payload, i.e. 256 + 80c, independent of the batch
+// Per training step (forward + backward) that is 160 + 24c + 24c bytes and
+// 160 + 16c + 16c bytes of payload, i.e. 320 + 80c, independent of the batch
 // size (tests/mpi counts them through the PMPI profiling interface).
 //
 // Training needs a global m = sum over ranks of n * s > 1; otherwise every
@@ -77,18 +78,37 @@ std::chrono::milliseconds timeout();
 
 // As bnorm::forward_training, with local = this rank's slice (n >= 0).
 // running_mean/running_var are updated identically on every rank with the
-// global unbiased variance var * m / (m - 1).
+// global unbiased variance var * m / (m - 1) (the global var with
+// options.unbiased_running_var = false).
 template <class T>
-void forward_training(MPI_Comm comm, const Shape& local, const T* x, const T* weight, const T* bias,
-                      T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+void forward_training(MPI_Comm comm, const Shape& local, const T* x, const param_t<T>* weight,
+                      const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
+                      param_t<T>* running_mean, param_t<T>* running_var,
                       const Options& options = {});
 
 // As bnorm::backward, with save_mean/save_invstd from mpi::forward_training
 // (the global statistics). dx is this rank's slice; dweight and dbias are the
 // sums over all ranks.
 template <class T>
-void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const T* weight,
-              const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias);
+void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+              const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+              param_t<T>* dweight, param_t<T>* dbias);
+
+// As bnorm::batch_renorm_forward_training / batch_renorm_backward: r and d
+// from the global batch statistics and the running statistics (which must be
+// the same on every rank, as the synchronized updates keep them), identical
+// on every rank; the same collectives as batch norm.
+template <class T>
+void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x,
+                                   const param_t<T>* weight, const param_t<T>* bias, T* y,
+                                   param_t<T>* save_mean, param_t<T>* save_invstd, param_t<T>* r,
+                                   param_t<T>* d, param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options = {});
+template <class T>
+void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x,
+                           const param_t<T>* weight, const param_t<T>* save_mean,
+                           const param_t<T>* save_invstd, const param_t<T>* r, const param_t<T>* d,
+                           T* dx, param_t<T>* dweight, param_t<T>* dbias);
 
 // bnorm::BatchNorm with a communicator: in training mode (and in eval mode
 // without running statistics) forward and backward are synchronized across
@@ -98,6 +118,8 @@ void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const 
 template <class T>
 class SyncBatchNorm {
  public:
+  using param_type = param_t<T>;  // weights, statistics and their gradients
+
   SyncBatchNorm(MPI_Comm comm, int64_t num_features, double eps = 1e-5,
                 std::optional<double> momentum = 0.1, bool affine = true,
                 bool track_running_stats = true);
@@ -105,6 +127,10 @@ class SyncBatchNorm {
   void train(bool on = true) { training_ = on; }
   void eval() { training_ = false; }
   bool training() const { return training_; }
+
+  // Options::unbiased_running_var for the running-statistics updates.
+  void set_unbiased_running_var(bool on) { unbiased_running_var_ = on; }
+  bool unbiased_running_var() const { return unbiased_running_var_; }
 
   // x: this rank's slice (shape.n may be 0).
   std::vector<T> forward(const Shape& shape, std::span<const T> x);
@@ -119,14 +145,14 @@ class SyncBatchNorm {
   bool affine() const { return affine_; }
   bool tracks_running_stats() const { return track_; }
   int64_t num_batches_tracked() const { return num_batches_tracked_; }
-  std::span<T> weight() { return weight_; }
-  std::span<T> bias() { return bias_; }
-  std::span<T> running_mean() { return running_mean_; }
-  std::span<T> running_var() { return running_var_; }
-  std::span<const T> weight() const { return weight_; }
-  std::span<const T> bias() const { return bias_; }
-  std::span<const T> running_mean() const { return running_mean_; }
-  std::span<const T> running_var() const { return running_var_; }
+  std::span<param_type> weight() { return weight_; }
+  std::span<param_type> bias() { return bias_; }
+  std::span<param_type> running_mean() { return running_mean_; }
+  std::span<param_type> running_var() { return running_var_; }
+  std::span<const param_type> weight() const { return weight_; }
+  std::span<const param_type> bias() const { return bias_; }
+  std::span<const param_type> running_mean() const { return running_mean_; }
+  std::span<const param_type> running_var() const { return running_var_; }
 
  private:
   MPI_Comm comm_;
@@ -136,15 +162,19 @@ class SyncBatchNorm {
   bool affine_;
   bool track_;
   bool training_ = true;
+  bool unbiased_running_var_ = true;
   int64_t num_batches_tracked_ = 0;
-  std::vector<T> weight_, bias_, running_mean_, running_var_;
+  std::vector<param_type> weight_, bias_, running_mean_, running_var_;
   Shape shape_{};
   bool have_cache_ = false;
   bool cache_batch_stats_ = false;
-  std::vector<T> x_, mean_, invstd_;
+  std::vector<T> x_;
+  std::vector<param_type> mean_, invstd_;
 };
 
 extern template class SyncBatchNorm<float>;
 extern template class SyncBatchNorm<double>;
+extern template class SyncBatchNorm<bfloat16>;
+extern template class SyncBatchNorm<float16>;
 
 }  // namespace bnorm::mpi

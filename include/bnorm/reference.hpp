@@ -105,6 +105,49 @@ Gradients finite_differences(const Shape& shape, std::span<const double> dy,
                              std::span<const double> x, std::span<const double> weight,
                              std::span<const double> bias, double eps, double h = 1e-5);
 
+// ---- Batch Renormalization (Ioffe, 2017, Algorithm 1), whole tensors ------
+
+// The training forward as Algorithm 1 writes it, per channel, with the moving
+// mean mu = running_mean and moving std sigma = sqrt(running_var + eps):
+//   mu_B = (1/m) sum x_i,  sigma_B = sqrt((1/m) sum (x_i - mu_B)^2 + eps)
+//   r = stop_gradient(clip(sigma_B / sigma, 1/rmax, rmax))
+//   d = stop_gradient(clip((mu_B - mu) / sigma, -dmax, dmax))
+//   x_hat_i = (x_i - mu_B) / sigma_B * r + d,   y_i = gamma * x_hat_i + beta
+// and the running statistics updated as batch norm's (not the paper's update
+// of sigma itself): running_mean += momentum * (mu_B - running_mean),
+// running_var += momentum * (v - running_var) with v the unbiased
+// (unbiased = true) or biased batch variance.
+struct RenormForward {
+  std::vector<double> y;
+  std::vector<double> mean, var, invstd, r, d;    // per channel; var biased
+  std::vector<double> running_mean, running_var;  // after the update
+};
+RenormForward batch_renorm_forward_training(const Shape& shape, std::span<const double> x,
+                                            std::span<const double> weight,
+                                            std::span<const double> bias,
+                                            std::span<const double> running_mean,
+                                            std::span<const double> running_var, double rmax,
+                                            double dmax, double momentum, double eps,
+                                            bool unbiased);
+
+// The paper's backward with r and d constants:
+//   dL/dx_hat_i = dy_i * gamma
+//   dL/dsigma_B = sum_i dL/dx_hat_i * (x_i - mu_B) * (-r / sigma_B^2)
+//   dL/dmu_B    = sum_i dL/dx_hat_i * (-r / sigma_B)
+//   dL/dx_i     = dL/dx_hat_i * r / sigma_B + dL/dsigma_B * (x_i - mu_B) / (m * sigma_B)
+//                 + dL/dmu_B / m
+//   dL/dgamma   = sum_i dy_i * x_hat_i,   dL/dbeta = sum_i dy_i
+Gradients batch_renorm_backward(const Shape& shape, std::span<const double> dy,
+                                std::span<const double> x, std::span<const double> weight,
+                                std::span<const double> r, std::span<const double> d, double eps);
+
+// Central finite differences of L = sum_i dy_i * y_i with r and d held at
+// the given values (the stop-gradient), mu_B and sigma_B recomputed.
+Gradients batch_renorm_finite_differences(const Shape& shape, std::span<const double> dy,
+                                          std::span<const double> x, std::span<const double> weight,
+                                          std::span<const double> bias, std::span<const double> r,
+                                          std::span<const double> d, double eps, double h = 1e-5);
+
 // The m values of channel k, in order of (sample, position).
 std::vector<double> gather_channel(const Shape& shape, std::span<const double> t, int64_t k);
 void scatter_channel(const Shape& shape, std::span<const double> values, int64_t k,

@@ -25,6 +25,8 @@ from ._bnorm import (
     batch_norm_backward,
     batch_norm_backward_eval,
     batch_norm_train,
+    batch_renorm_backward,
+    batch_renorm_train,
 )
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "batch_norm_train",
     "batch_norm_backward",
     "batch_norm_backward_eval",
+    "batch_renorm_train",
+    "batch_renorm_backward",
 ]
 
 

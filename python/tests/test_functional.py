@@ -11,7 +11,8 @@ import pytest
 
 from oracle import batch_moments, per_channel
 
-PUBLIC = ("batch_norm", "batch_norm_train", "batch_norm_backward", "batch_norm_backward_eval")
+PUBLIC = ("batch_norm", "batch_norm_train", "batch_norm_backward", "batch_norm_backward_eval",
+          "batch_renorm_train", "batch_renorm_backward")
 
 
 def rng():
@@ -36,15 +37,22 @@ def test_argument_names_and_order():
         "batch_norm(input: object, running_mean: object = None, running_var: object = None, "
         "weight: object = None, bias: object = None, training: bool = False, "
         "momentum: Optional[float] = 0.1, eps: float = 1e-05, channels_last: bool = False, *, "
-        "num_batches_tracked: Optional[int] = None)")
+        "num_batches_tracked: Optional[int] = None, unbiased_running_var: bool = True)")
     assert sigs["batch_norm_train"].startswith(
         "batch_norm_train(input: object, weight: object = None, bias: object = None, "
         "running_mean: object = None, running_var: object = None, "
         "momentum: Optional[float] = 0.1, eps: float = 1e-05, channels_last: bool = False, *, "
-        "num_batches_tracked: Optional[int] = None)")
+        "num_batches_tracked: Optional[int] = None, unbiased_running_var: bool = True, "
+        "virtual_batch_size: Optional[int] = None)")
     assert sigs["batch_norm_backward"].startswith(
         "batch_norm_backward(grad_output: object, input: object, weight: object, "
-        "save_mean: object, save_invstd: object, channels_last: bool = False)")
+        "save_mean: object, save_invstd: object, channels_last: bool = False, *, "
+        "virtual_batch_size: Optional[int] = None)")
+    assert sigs["batch_renorm_train"].startswith(
+        "batch_renorm_train(input: object, running_mean: object, running_var: object, "
+        "weight: object = None, bias: object = None, rmax: float = 3.0, dmax: float = 5.0, "
+        "momentum: float = 0.01, eps: float = 1e-05, channels_last: bool = False, *, "
+        "unbiased_running_var: bool = True)")
 
 
 def test_import_does_not_load_torch():

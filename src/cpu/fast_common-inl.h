@@ -1,6 +1,15 @@
-// Per-target helpers of the float32 fast path, included once per Highway
-// target by each fast_*.cpp (the "-inl.h" pattern: the include guard toggles
-// with HWY_TARGET_TOGGLE, so every pass of foreach_target sees it again).
+// Per-target helpers of the fast path, included once per Highway target by
+// each fast_*.cpp (the "-inl.h" pattern: the include guard toggles with
+// HWY_TARGET_TOGGLE, so every pass of foreach_target sees it again).
+//
+// Element types. Every kernel is a template on the element type T and
+// computes in vectors of P = param_t<T> (float, or double for double):
+// LoadT reads a vector's worth of T and converts it to P, StoreT converts
+// back and writes. bfloat16 widens by a shift and narrows by round to
+// nearest even on the integer bits (Highway 1.0's DemoteTo truncates);
+// float16 uses F16C where the target has it (AVX2 and up: vcvtph2ps, and
+// vcvtps2ph in the default round-to-nearest-even mode) and exact integer
+// code elsewhere.
 //
 // Numerics. Values are summed in float vector lanes for at most a few dozen
 // terms, then carried in double; partial results of units are merged in
@@ -19,6 +28,8 @@
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
+#include <type_traits>
+
 #include "src/cpu/fast_plan.hpp"
 
 HWY_BEFORE_NAMESPACE();
@@ -27,12 +38,138 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
+// The compute vectors of element type T.
+template <class T>
+using DA = hn::ScalableTag<param_t<T>>;
+template <class T>
+using VA = hn::Vec<DA<T>>;
+template <class T>
+constexpr bool kNarrow = sizeof(T) == 2;
+// Lanes of T's compute vectors.
+template <class T>
+HWY_INLINE int64_t LanesOf() {
+  return int64_t(hn::Lanes(DA<T>()));
+}
+
+// ---- conversions ----
+
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+constexpr bool kF16C = true;
+#else
+constexpr bool kF16C = false;
+#endif
+
+// float lanes from their float16 bits (exact).
+template <class D, class V16>
+HWY_INLINE hn::Vec<D> WidenF16(D d, V16 raw) {
+  if constexpr (kF16C) {
+    return hn::PromoteTo(d, hn::BitCast(hn::Rebind<hwy::float16_t, D>(), raw));
+  } else {
+    const hn::RebindToUnsigned<D> du;
+    const hn::RebindToSigned<D> di;
+    const auto h = hn::PromoteTo(du, raw);
+    const auto sign = hn::ShiftLeft<16>(hn::And(h, hn::Set(du, 0x8000u)));
+    const auto e = hn::And(hn::ShiftRight<10>(h), hn::Set(du, 0x1fu));
+    const auto m = hn::And(h, hn::Set(du, 0x3ffu));
+    const auto normal =
+        hn::Or(hn::ShiftLeft<23>(hn::Add(e, hn::Set(du, 112u))), hn::ShiftLeft<13>(m));
+    const auto special = hn::Or(hn::Set(du, 0x7f800000u), hn::ShiftLeft<13>(m));
+    // Subnormals (and zero): m * 2^-24, exact in float.
+    const auto sub =
+        hn::BitCast(du, hn::Mul(hn::ConvertTo(d, hn::BitCast(di, m)), hn::Set(d, 0x1p-24f)));
+    const auto bits =
+        hn::IfThenElse(hn::Eq(e, hn::Zero(du)), sub,
+                       hn::IfThenElse(hn::Eq(e, hn::Set(du, 0x1fu)), special, normal));
+    return hn::BitCast(d, hn::Or(sign, bits));
+  }
+}
+
+// bfloat16 bits of float lanes, rounded to nearest even; NaN stays NaN.
+template <class D>
+HWY_INLINE hn::Vec<hn::Rebind<uint16_t, D>> NarrowBF16(D /*d*/, hn::Vec<D> v) {
+  const hn::RebindToUnsigned<D> du;
+  const hn::RebindToSigned<D> di;
+  const auto u = hn::BitCast(du, v);
+  const auto lsb = hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u));
+  const auto rounded = hn::Add(u, hn::Add(hn::Set(du, 0x7fffu), lsb));
+  const auto quiet = hn::Or(u, hn::Set(du, 0x400000u));
+  const auto bits = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), quiet, rounded);
+  // The top halves, 0..65535, narrow exactly through the saturating demote.
+  return hn::DemoteTo(hn::Rebind<uint16_t, D>(), hn::BitCast(di, hn::ShiftRight<16>(bits)));
+}
+
+// float16 bits of float lanes, rounded to nearest even.
+template <class D>
+HWY_INLINE hn::Vec<hn::Rebind<uint16_t, D>> NarrowF16(D d, hn::Vec<D> v) {
+  const hn::Rebind<uint16_t, D> d16;
+  if constexpr (kF16C) {
+    return hn::BitCast(d16, hn::DemoteTo(hn::Rebind<hwy::float16_t, D>(), v));
+  } else {
+    // Targets without F16C: lane by lane, exact (dtypes.hpp).
+    constexpr size_t kMax = hn::MaxLanes(D());
+    HWY_ALIGN float lanes[kMax];
+    HWY_ALIGN uint16_t out[kMax];
+    hn::Store(v, d, lanes);
+    for (size_t i = 0; i < hn::Lanes(d); ++i) out[i] = detail::float16_bits(lanes[i]);
+    return hn::Load(d16, out);
+  }
+}
+
+// A vector of P from Lanes(d) consecutive T.
+template <class T, class D>
+HWY_INLINE hn::Vec<D> LoadT(D d, const T* HWY_RESTRICT p) {
+  if constexpr (!kNarrow<T>) {
+    return hn::LoadU(d, p);
+  } else {
+    const auto raw = hn::LoadU(hn::Rebind<uint16_t, D>(), reinterpret_cast<const uint16_t*>(p));
+    if constexpr (std::is_same_v<T, bfloat16>) {
+      return hn::BitCast(d, hn::ShiftLeft<16>(hn::PromoteTo(hn::RebindToUnsigned<D>(), raw)));
+    } else {
+      return WidenF16(d, raw);
+    }
+  }
+}
+
+// Rounds v to T and writes Lanes(d) consecutive T; Stream: p is aligned to
+// the stored vector and the store bypasses the caches (only where the
+// narrow vector is a whole register: a partial one would write past it).
+template <bool Stream = false, class T, class D>
+HWY_INLINE void StoreT(hn::Vec<D> v, D d, T* HWY_RESTRICT p) {
+  if constexpr (!kNarrow<T>) {
+    if constexpr (Stream) {
+      hn::Stream(v, d, p);
+    } else {
+      hn::StoreU(v, d, p);
+    }
+  } else {
+    const hn::Rebind<uint16_t, D> d16;
+    uint16_t* HWY_RESTRICT q = reinterpret_cast<uint16_t*>(p);
+    hn::Vec<decltype(d16)> bits;
+    if constexpr (std::is_same_v<T, bfloat16>) {
+      bits = NarrowBF16(d, v);
+    } else {
+      bits = NarrowF16(d, v);
+    }
+    if constexpr (Stream && HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2) {
+      hn::Stream(bits, d16, q);
+    } else {
+      hn::StoreU(bits, d16, q);
+    }
+  }
+}
+
+// Scalar tails: T to P and back, the same roundings as the vectors.
+template <class T>
+HWY_INLINE param_t<T> Widen(T v) {
+  return param_t<T>(v);
+}
 
 // Contiguous elements summed in float lanes before the sum moves to double
 // (at most 32 terms a lane with 16 lanes and 4 accumulators).
 constexpr int64_t kBlock = 2048;
 
-HWY_INLINE double Total(DF d, VF a0, VF a1, VF a2, VF a3) {
+template <class D, class V>
+HWY_INLINE double Total(D d, V a0, V a1, V a2, V a3) {
   return double(hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)))));
 }
 
@@ -41,24 +178,26 @@ struct Pair {
 };
 
 // AVX2 and AVX-512 load and store a partial vector without touching the
-// lanes past the end (maskload/maskstore, masked moves); the other targets
-// finish in scalar code.
+// lanes past the end (maskload/maskstore, masked moves) for 4- and 8-byte
+// elements; the other targets and the 16-bit types finish in scalar code.
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
-constexpr bool kMaskedTail = true;
+constexpr bool kMaskedTailTarget = true;
 #else
-constexpr bool kMaskedTail = false;
+constexpr bool kMaskedTailTarget = false;
 #endif
+template <class T>
+constexpr bool kMaskedTail = kMaskedTailTarget && !kNarrow<T>;
 
 // ---- NCHW (s > 1) ----
 
 // Channel k's planes for samples [i0, i1), in order. The vector partial sums
 // run across planes (a horizontal reduction per plane would cost more than
 // a short plane's loads) and move to double every kBlock values.
-template <class Body, class Tail, class Flush>
+template <class T, class Body, class Tail, class Flush>
 HWY_INLINE void ForPlanes(const Shape& shape, int64_t k, int64_t i0, int64_t i1, Body&& body,
                           Tail&& tail, Flush&& flush) {
   const int64_t c = shape.c, s = shape.s;
-  const int64_t N = int64_t(hn::Lanes(DF()));
+  const int64_t N = LanesOf<T>();
   int64_t pending = 0;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t base = (i * c + k) * s;
@@ -80,62 +219,71 @@ HWY_INLINE void ForPlanes(const Shape& shape, int64_t k, int64_t i0, int64_t i1,
 // ---- rows (NHWC and 2-D) ----
 
 // Row kernels work on a block of NV vectors of channels [k0, k0 + NV * N)
-// with the partial sums in registers; every kFlushRows rows the float
-// partials move to double totals.
-template <int NV>
-HWY_INLINE void FlushBlock(DF d, VF (&acc)[4], double* HWY_RESTRICT total) {
+// with the partial sums in registers; every kFlushRows rows the partials
+// move to double totals (float partials widened, double ones added).
+template <int NV, class D>
+HWY_INLINE void FlushBlock(D d, hn::Vec<D> (&acc)[4], double* HWY_RESTRICT total) {
   const int64_t N = int64_t(hn::Lanes(d));
+  if constexpr (std::is_same_v<hn::TFromD<D>, double>) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      double* HWY_RESTRICT t = total + v * N;
+      hn::StoreU(hn::Add(hn::LoadU(d, t), acc[v]), d, t);
+      acc[v] = hn::Zero(d);
+    }
+  } else {
 #if HWY_TARGET == HWY_SCALAR
 #pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    total[v] += double(hn::GetLane(acc[v]));
-    acc[v] = hn::Zero(d);
-  }
-  (void)N;
+    for (int v = 0; v < NV; ++v) {
+      total[v] += double(hn::GetLane(acc[v]));
+      acc[v] = hn::Zero(d);
+    }
+    (void)N;
 #else
-  // Widen each half of the float vector to a double vector and add.
-  const hn::Half<DF> dh;
-  const hn::Rebind<double, decltype(dh)> dd;
-  const int64_t H = int64_t(hn::Lanes(dd));
+    // Widen each half of the float vector to a double vector and add.
+    const hn::Half<D> dh;
+    const hn::Rebind<double, decltype(dh)> dd;
+    const int64_t H = int64_t(hn::Lanes(dd));
 #pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    double* HWY_RESTRICT t = total + v * N;
-    hn::StoreU(hn::Add(hn::LoadU(dd, t), hn::PromoteTo(dd, hn::LowerHalf(dh, acc[v]))), dd, t);
-    hn::StoreU(hn::Add(hn::LoadU(dd, t + H), hn::PromoteTo(dd, hn::UpperHalf(dh, acc[v]))), dd,
-               t + H);
-    acc[v] = hn::Zero(d);
-  }
+    for (int v = 0; v < NV; ++v) {
+      double* HWY_RESTRICT t = total + v * N;
+      hn::StoreU(hn::Add(hn::LoadU(dd, t), hn::PromoteTo(dd, hn::LowerHalf(dh, acc[v]))), dd, t);
+      hn::StoreU(hn::Add(hn::LoadU(dd, t + H), hn::PromoteTo(dd, hn::UpperHalf(dh, acc[v]))), dd,
+                 t + H);
+      acc[v] = hn::Zero(d);
+    }
 #endif
+  }
 }
 
 // total[k0 + i] += sum over rows of x[r, k0 + i].
-template <int NV>
-void SumBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
+template <int NV, class T>
+void SumBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
               double* HWY_RESTRICT total) {
-  const DF d;
+  const DA<T> d;
   const int64_t N = int64_t(hn::Lanes(d));
-  VF acc[4];
+  VA<T> acc[4];
 #pragma GCC unroll 4
   for (int v = 0; v < 4; ++v) acc[v] = hn::Zero(d);
   for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
     const int64_t re = std::min(r1, rb + kFlushRows);
     for (int64_t r = rb; r < re; ++r) {
-      const float* HWY_RESTRICT row = x + r * c + k0;
+      const T* HWY_RESTRICT row = x + r * c + k0;
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], hn::LoadU(d, row + v * N));
+      for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], LoadT(d, row + v * N));
     }
     FlushBlock<NV>(d, acc, total + k0);
   }
 }
 
 // dev[k] += sum (x - mu_k), sq[k] += sum (x - mu_k)^2 for the block's channels.
-template <int NV>
-void CenteredBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
-                   const float* HWY_RESTRICT mu, double* HWY_RESTRICT dev,
+template <int NV, class T>
+void CenteredBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
+                   const param_t<T>* HWY_RESTRICT mu, double* HWY_RESTRICT dev,
                    double* HWY_RESTRICT sq) {
-  const DF d;
+  const DA<T> d;
   const int64_t N = int64_t(hn::Lanes(d));
-  VF vmu[4], s[4], q[4];
+  VA<T> vmu[4], s[4], q[4];
 #pragma GCC unroll 4
   for (int v = 0; v < 4; ++v) {
     vmu[v] = v < NV ? hn::LoadU(d, mu + k0 + v * N) : hn::Zero(d);
@@ -145,10 +293,10 @@ void CenteredBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r
   for (int64_t rb = r0; rb < r1; rb += kFlushRows) {
     const int64_t re = std::min(r1, rb + kFlushRows);
     for (int64_t r = rb; r < re; ++r) {
-      const float* HWY_RESTRICT row = x + r * c + k0;
+      const T* HWY_RESTRICT row = x + r * c + k0;
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        const VF e = hn::Sub(hn::LoadU(d, row + v * N), vmu[v]);
+        const auto e = hn::Sub(LoadT(d, row + v * N), vmu[v]);
         s[v] = hn::Add(s[v], e);
         q[v] = hn::MulAdd(e, e, q[v]);
       }
@@ -159,10 +307,10 @@ void CenteredBlock(const float* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r
 }
 
 // Runs f.template operator()<NV>(k0) over channel blocks of up to 4 vectors
-// and returns where the scalar tail starts.
-template <class F>
+// of T's compute lanes and returns where the scalar tail starts.
+template <class T, class F>
 HWY_INLINE int64_t ForBlocks(int64_t c, F&& f) {
-  const int64_t N = int64_t(hn::Lanes(DF()));
+  const int64_t N = LanesOf<T>();
   int64_t k0 = 0;
   for (; k0 + 4 * N <= c; k0 += 4 * N) f.template operator()<4>(k0);
   switch ((c - k0) / N) {
@@ -184,8 +332,9 @@ HWY_INLINE int64_t ForBlocks(int64_t c, F&& f) {
 // Wide rows: the block walks visit many rows at once, which the hardware
 // prefetchers follow poorly; a sequential sweep of prefetches first brings
 // the unit in at streaming speed.
-HWY_INLINE void PrefetchRows(const float* x, int64_t c, int64_t r0, int64_t r1) {
-  if (c <= 4 * int64_t(hn::Lanes(DF()))) return;
+template <class T>
+HWY_INLINE void PrefetchRows(const T* x, int64_t c, int64_t r0, int64_t r1) {
+  if (c <= 4 * LanesOf<T>()) return;
   const char* p = reinterpret_cast<const char*>(x + r0 * c);
   const char* end = reinterpret_cast<const char*>(x + r1 * c);
   for (; p < end; p += 64) hwy::Prefetch(p);
@@ -193,12 +342,12 @@ HWY_INLINE void PrefetchRows(const float* x, int64_t c, int64_t r0, int64_t r1) 
 
 // Runs the column kernels over blocks of up to 4 vectors of channels, in
 // parallel, then the scalar tail.
-template <class Block, class Tail>
+template <class T, class Block, class Tail>
 void ForColumns(const Shape& shape, Block&& block, Tail&& tail) {
   const int64_t c = shape.c;
-  const int64_t N = int64_t(hn::Lanes(DF())), W = 4 * N;
+  const int64_t N = LanesOf<T>(), W = 4 * N;
   const int64_t full = c / N * N, blocks = (full + W - 1) / W;
-  const int nt = threads_for(shape);
+  const int nt = threads_for(shape, sizeof(T));
 #pragma omp parallel for schedule(dynamic) num_threads(nt)
   for (int64_t i = 0; i < blocks; ++i) {
     const int64_t k0 = i * W;
@@ -220,19 +369,23 @@ void ForColumns(const Shape& shape, Block&& block, Tail&& tail) {
   if (full < c) tail(full);
 }
 
-// ---- defined in one fast_*.cpp, called from others (same target) ----
+// ---- defined in one fast_*.cpp for every T, called from others (same target) ----
 
 // Moments of channel k over samples [i0, i1) (fast_statistics.cpp).
-Moments NchwUnitMoments(const Shape& shape, const float* HWY_RESTRICT x, int64_t k, int64_t i0,
+template <class T>
+Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, int64_t i0,
                         int64_t i1);
 // Per-channel mean and biased variance, any layout (fast_statistics.cpp).
-void StatsAll(const Shape& shape, const float* x, double* mean, double* var);
+template <class T>
+void StatsAll(const Shape& shape, const T* x, double* mean, double* var);
 // y = (x - mu) * scale + shift over [0, len) (fast_normalize.cpp).
-void NormalizeSpan(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t len, float mu,
-                   float scale, float shift, bool stream);
+template <class T>
+void NormalizeSpan(const T* HWY_RESTRICT x, T* HWY_RESTRICT y, int64_t len, param_t<T> mu,
+                   param_t<T> scale, param_t<T> shift, bool stream);
 // y = (x - mu_k) * scale_k + shift_k, any layout (fast_normalize.cpp).
-void NormalizeAll(const Shape& shape, const float* x, const float* mu, const float* scale,
-                  const float* shift, float* y);
+template <class T>
+void NormalizeAll(const Shape& shape, const T* x, const param_t<T>* mu, const param_t<T>* scale,
+                  const param_t<T>* shift, T* y);
 
 }  // namespace HWY_NAMESPACE
 }  // namespace bnorm::cpu

@@ -1,12 +1,14 @@
-// Work units, thresholds and buffers of the float32 fast path, shared by its
+// Work units, thresholds and buffers of the fast path, shared by its
 // translation units (fast_statistics.cpp, fast_normalize.cpp,
 // fast_forward.cpp, fast_backward.cpp). Nothing here depends on the SIMD
-// target: a unit is fixed by the shape alone, which is what makes the
-// results independent of the thread count.
+// target: a unit is fixed by the shape and the element size alone, which is
+// what makes the results independent of the thread count. Sizes are in
+// bytes of the element type (bytes = sizeof(T)).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fast.hpp"
@@ -31,8 +33,8 @@ struct NchwPlan {
 };
 
 // tensors: how many inputs a unit reads (1 forward, 2 backward).
-inline NchwPlan nchw_plan(const Shape& shape, int64_t tensors) {
-  const int64_t plane_bytes = shape.s * int64_t(sizeof(float)) * tensors;
+inline NchwPlan nchw_plan(const Shape& shape, int64_t tensors, int64_t bytes) {
+  const int64_t plane_bytes = shape.s * bytes * tensors;
   NchwPlan p;
   if (shape.n * plane_bytes <= kFuseBytes) {
     p.group = shape.n;
@@ -45,8 +47,8 @@ inline NchwPlan nchw_plan(const Shape& shape, int64_t tensors) {
 
 // Row units (NHWC and 2-D): a multiple of the flush interval, about kUnitBytes.
 constexpr int64_t kFlushRows = 32;
-inline int64_t rows_per_unit(int64_t c) {
-  const int64_t rows = kUnitBytes / (c * int64_t(sizeof(float)));
+inline int64_t rows_per_unit(int64_t c, int64_t bytes) {
+  const int64_t rows = kUnitBytes / (c * bytes);
   return std::max<int64_t>(kFlushRows, rows / kFlushRows * kFlushRows);
 }
 
@@ -60,16 +62,17 @@ inline bool column_units(const Shape& shape, int64_t tensors) {
 
 inline bool rows_layout(const Shape& shape) { return shape.layout == Layout::NHWC || shape.s == 1; }
 
-inline int threads_for(const Shape& shape) {
-  return shape.numel() * int64_t(sizeof(float)) >= kMinParallelBytes ? thread_count() : 1;
+inline int threads_for(const Shape& shape, int64_t bytes) {
+  return shape.numel() * bytes >= kMinParallelBytes ? thread_count() : 1;
 }
 
 // Only when the output rows (NHWC) or planes (NCHW) all start on a 64-byte
 // boundary: peeling scalar heads off every row would cost more than the
 // read-for-ownership saves.
-inline bool stream_output(const Shape& shape, const float* out) {
+template <class T>
+inline bool stream_output(const Shape& shape, const T* out) {
   const int64_t run = rows_layout(shape) ? shape.c : shape.s;
-  return shape.numel() * int64_t(sizeof(float)) >= kStreamBytes &&
+  return shape.numel() * int64_t(sizeof(T)) >= kStreamBytes &&
          reinterpret_cast<uintptr_t>(out) % 64 == 0 && run % 16 == 0;
 }
 
@@ -102,3 +105,27 @@ inline Moments merge(const Moments& a, const Moments& b) {
 }
 
 }  // namespace bnorm::cpu
+
+// X(T, Suffix) for every element type, to instantiate, export and dispatch
+// the kernels (HWY_EXPORT takes a plain function name, not a template).
+#define BNORM_FOR_EACH_TYPE(X) \
+  X(float, F32)                \
+  X(double, F64)               \
+  X(::bnorm::bfloat16, BF16)   \
+  X(::bnorm::float16, F16)
+
+// In a template on T (HWY_ONCE part of a fast_*.cpp): calls the dispatched
+// Name##Suffix for T.
+#define BNORM_DISPATCH(Name, ...)                                \
+  do {                                                           \
+    if constexpr (std::is_same_v<T, float>) {                    \
+      HWY_DYNAMIC_DISPATCH(Name##F32)(__VA_ARGS__);              \
+    } else if constexpr (std::is_same_v<T, double>) {            \
+      HWY_DYNAMIC_DISPATCH(Name##F64)(__VA_ARGS__);              \
+    } else if constexpr (std::is_same_v<T, ::bnorm::bfloat16>) { \
+      HWY_DYNAMIC_DISPATCH(Name##BF16)(__VA_ARGS__);             \
+    } else {                                                     \
+      static_assert(std::is_same_v<T, ::bnorm::float16>);        \
+      HWY_DYNAMIC_DISPATCH(Name##F16)(__VA_ARGS__);              \
+    }                                                            \
+  } while (0)

@@ -1,4 +1,4 @@
-// Per-channel statistics of float32 tensors (moments_f32), and the
+// Per-channel statistics (moments_fast), and the
 // statistics pass of the training forward where a channel does not fit one
 // unit. Two passes per unit, units merged with Chan's formula in unit order.
 //
@@ -26,45 +26,47 @@ namespace HWY_NAMESPACE {
 
 // Moments of channel k over samples [i0, i1): a sum pass, then a centered
 // pass that rereads the unit from cache.
-Moments NchwUnitMoments(const Shape& shape, const float* HWY_RESTRICT x, int64_t k, int64_t i0,
+template <class T>
+Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, int64_t i0,
                         int64_t i1) {
-  const DF d;
-  const VF z = hn::Zero(d);
-  VF a0 = z, a1 = z;
-  float ta = 0;
+  using P = param_t<T>;
+  const DA<T> d;
+  const VA<T> z = hn::Zero(d);
+  VA<T> a0 = z, a1 = z;
+  P ta = 0;
   double sum = 0;
-  ForPlanes(
+  ForPlanes<T>(
       shape, k, i0, i1,
       [&](int64_t j0, int64_t j1) {
-        a0 = hn::Add(a0, hn::LoadU(d, x + j0));
-        if (j1 >= 0) a1 = hn::Add(a1, hn::LoadU(d, x + j1));
+        a0 = hn::Add(a0, LoadT(d, x + j0));
+        if (j1 >= 0) a1 = hn::Add(a1, LoadT(d, x + j1));
       },
-      [&](int64_t j) { ta += x[j]; },
+      [&](int64_t j) { ta += Widen(x[j]); },
       [&] {
         sum += Total(d, a0, a1, z, z) + double(ta);
         a0 = a1 = z;
         ta = 0;
       });
   const double count = double((i1 - i0) * shape.s);
-  const float mu = float(sum / count);
-  const VF vmu = hn::Set(d, mu);
-  VF s0 = z, s1 = z, q0 = z, q1 = z;
-  float ts = 0, tq = 0;
+  const P mu = P(sum / count);
+  const VA<T> vmu = hn::Set(d, mu);
+  VA<T> s0 = z, s1 = z, q0 = z, q1 = z;
+  P ts = 0, tq = 0;
   double dev = 0, sq = 0;
-  ForPlanes(
+  ForPlanes<T>(
       shape, k, i0, i1,
       [&](int64_t j0, int64_t j1) {
-        const VF e0 = hn::Sub(hn::LoadU(d, x + j0), vmu);
+        const VA<T> e0 = hn::Sub(LoadT(d, x + j0), vmu);
         s0 = hn::Add(s0, e0);
         q0 = hn::MulAdd(e0, e0, q0);
         if (j1 >= 0) {
-          const VF e1 = hn::Sub(hn::LoadU(d, x + j1), vmu);
+          const VA<T> e1 = hn::Sub(LoadT(d, x + j1), vmu);
           s1 = hn::Add(s1, e1);
           q1 = hn::MulAdd(e1, e1, q1);
         }
       },
       [&](int64_t j) {
-        const float e = x[j] - mu;
+        const P e = Widen(x[j]) - mu;
         ts += e;
         tq += e * e;
       },
@@ -84,23 +86,25 @@ Moments NchwUnitMoments(const Shape& shape, const float* HWY_RESTRICT x, int64_t
 // (mu - mean)^2 <= var * rows / p: the cancellation in
 // M2 = sum (x - mu)^2 - (sum (x - mu))^2 / rows is bounded whatever the data,
 // unlike a raw sum of squares.
-void RowsUnitMoments(const float* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
-                     float* mu, double* dev) {
+template <class T>
+void RowsUnitMoments(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
+                     param_t<T>* mu, double* dev) {
+  using P = param_t<T>;
   PrefetchRows(x, c, r0, r1);
   std::fill(mean, mean + c, 0.0);
   std::fill(m2, m2 + c, 0.0);
   std::fill(dev, dev + c, 0.0);
   const int64_t pilot_end = r0 + pilot_rows(r1 - r0);
   const int64_t tail =
-      ForBlocks(c, [&]<int NV>(int64_t k0) { SumBlock<NV>(x, c, k0, r0, pilot_end, mean); });
+      ForBlocks<T>(c, [&]<int NV>(int64_t k0) { SumBlock<NV>(x, c, k0, r0, pilot_end, mean); });
   for (int64_t r = r0; r < pilot_end; ++r)
-    for (int64_t k = tail; k < c; ++k) mean[k] += double(x[r * c + k]);
+    for (int64_t k = tail; k < c; ++k) mean[k] += double(Widen(x[r * c + k]));
   const double inv_pilot = 1.0 / double(pilot_end - r0);
-  for (int64_t k = 0; k < c; ++k) mu[k] = float(mean[k] * inv_pilot);
-  ForBlocks(c, [&]<int NV>(int64_t k0) { CenteredBlock<NV>(x, c, k0, r0, r1, mu, dev, m2); });
+  for (int64_t k = 0; k < c; ++k) mu[k] = P(mean[k] * inv_pilot);
+  ForBlocks<T>(c, [&]<int NV>(int64_t k0) { CenteredBlock<NV>(x, c, k0, r0, r1, mu, dev, m2); });
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t k = tail; k < c; ++k) {
-      const double e = double(x[r * c + k] - mu[k]);
+      const double e = double(Widen(x[r * c + k]) - mu[k]);
       dev[k] += e;
       m2[k] += e * e;
     }
@@ -112,11 +116,12 @@ void RowsUnitMoments(const float* x, int64_t c, int64_t r0, int64_t r1, double* 
   }
 }
 
-void StatsAll(const Shape& shape, const float* x, double* mean, double* var) {
-  const int nt = threads_for(shape);
+template <class T>
+void StatsAll(const Shape& shape, const T* x, double* mean, double* var) {
+  const int nt = threads_for(shape, sizeof(T));
   const int64_t c = shape.c;
   if (!rows_layout(shape)) {
-    const NchwPlan plan = nchw_plan(shape, 1);
+    const NchwPlan plan = nchw_plan(shape, 1, sizeof(T));
     const int64_t units = c * plan.groups;
     std::vector<Moments> part(static_cast<size_t>(units));
 #pragma omp parallel for schedule(dynamic) num_threads(nt)
@@ -134,12 +139,12 @@ void StatsAll(const Shape& shape, const float* x, double* mean, double* var) {
     }
     return;
   }
-  const int64_t rows = shape.m(), per = rows_per_unit(c), units = (rows + per - 1) / per;
+  const int64_t rows = shape.m(), per = rows_per_unit(c, sizeof(T)), units = (rows + per - 1) / per;
   double* part_mean = scratch<double, 0>(units * c);
   double* part_m2 = scratch<double, 1>(units * c);
 #pragma omp parallel num_threads(nt)
   {
-    float* mu = scratch<float, 2>(c);
+    param_t<T>* mu = scratch<param_t<T>, 2>(c);
     double* dev = scratch<double, 3>(c);
 #pragma omp for schedule(dynamic)
     for (int64_t u = 0; u < units; ++u)
@@ -170,6 +175,16 @@ void StatsAll(const Shape& shape, const float* x, double* mean, double* var) {
   }
 }
 
+#define BNORM_STATS(T, S)                                                                    \
+  template Moments NchwUnitMoments<T>(const Shape&, const T* HWY_RESTRICT, int64_t, int64_t, \
+                                      int64_t);                                              \
+  template void StatsAll<T>(const Shape&, const T*, double*, double*);                       \
+  void StatsAll##S(const Shape& shape, const T* x, double* mean, double* var) {              \
+    StatsAll<T>(shape, x, mean, var);                                                        \
+  }
+BNORM_FOR_EACH_TYPE(BNORM_STATS)
+#undef BNORM_STATS
+
 }  // namespace HWY_NAMESPACE
 }  // namespace bnorm::cpu
 HWY_AFTER_NAMESPACE();
@@ -177,11 +192,19 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace bnorm::cpu {
 
-HWY_EXPORT(StatsAll);
+#define BNORM_EXPORT(T, S) HWY_EXPORT(StatsAll##S);
+BNORM_FOR_EACH_TYPE(BNORM_EXPORT)
+#undef BNORM_EXPORT
 
-void moments_f32(const Shape& shape, const float* x, double* mean, double* var) {
-  HWY_DYNAMIC_DISPATCH(StatsAll)(shape, x, mean, var);
+template <class T>
+void moments_fast(const Shape& shape, const T* x, double* mean, double* var) {
+  BNORM_DISPATCH(StatsAll, shape, x, mean, var);
 }
+
+#define BNORM_INSTANTIATE(T, S) \
+  template void moments_fast<T>(const Shape&, const T*, double*, double*);
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
+#undef BNORM_INSTANTIATE
 
 }  // namespace bnorm::cpu
 #endif  // HWY_ONCE

@@ -1,4 +1,6 @@
-// Internal interface of the CPU kernels. Arguments are validated by the
+// Internal interface of the CPU kernels with double per-channel parameters
+// (used by the MPI layer), for every element type (src/cpu/kernels.cpp over
+// the fast kernels). Arguments are validated by the
 // public functions (src/api.cpp) before any kernel runs; kernels never throw
 // on bad values (a NaN stays in its own channel).
 //

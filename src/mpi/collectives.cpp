@@ -132,7 +132,7 @@ struct Op {
 
 // --- pre-flight agreement -------------------------------------------------
 
-// Layout of the 16 int64: min and max of every field, then the lowest failing
+// Layout of the 20 int64: min and max of every field, then the lowest failing
 // rank encoded as size - rank (0: none; max picks the lowest rank), then m.
 constexpr int kLo = 0, kHi = kFields, kErr = 2 * kFields, kM = 2 * kFields + 1;
 constexpr int kAgreementInts = 2 * kFields + 2;
@@ -159,7 +159,10 @@ const char* field_name(int f) {
                                                  "options.eps",
                                                  "options.momentum",
                                                  "options.num_batches_tracked",
-                                                 "running statistics (given or null)"};
+                                                 "running statistics (given or null) and "
+                                                 "options.unbiased_running_var",
+                                                 "Batch Renormalization's rmax",
+                                                 "Batch Renormalization's dmax"};
   return names[f];
 }
 
@@ -173,12 +176,17 @@ std::string describe(int f, int64_t v) {
     case Field::eps:
       std::memcpy(&d, &v, sizeof d);
       return std::to_string(d);
+    case Field::rmax:
+    case Field::dmax:
+      if (v == 0) return "none (batch norm)";
+      std::memcpy(&d, &v, sizeof d);
+      return std::to_string(d);
     case Field::momentum:
       if (v == -1) return "nullopt";
       std::memcpy(&d, &v, sizeof d);
       return std::to_string(d);
     case Field::track_running_stats:
-      return v ? "given" : "null";
+      return v == 0 ? "null" : v == 1 ? "given, unbiased running_var" : "given, biased running_var";
     default:
       return std::to_string(v);
   }
@@ -285,7 +293,8 @@ int64_t agree(const Deadline& deadline, const Agreement& mine) {
                                   field_name(f) + ": " + describe(f, buf[kLo + f]) +
                                   " on some ranks, " + describe(f, buf[kHi + f]) +
                                   " on others; every rank must pass the same c, layout, "
-                                  "element type, eps, momentum and running statistics");
+                                  "element type, eps, momentum, running statistics and "
+                                  "renormalization limits");
   return buf[kM];
 }
 

@@ -15,8 +15,21 @@ namespace bnorm::mpi {
 
 // What every rank must agree on before the first collective that depends on
 // c (a rank with another c would post a reduction of another size: a hang).
-enum class Field { c, layout, dtype, eps, momentum, num_batches_tracked, track_running_stats };
-inline constexpr int kFields = 7;
+// track_running_stats: 0 null, 1 tracked with the unbiased running variance,
+// 2 with the biased one (Options::unbiased_running_var). rmax, dmax: Batch
+// Renormalization's limits (their bits; 0 for batch norm).
+enum class Field {
+  c,
+  layout,
+  dtype,
+  eps,
+  momentum,
+  num_batches_tracked,
+  track_running_stats,
+  rmax,
+  dmax
+};
+inline constexpr int kFields = 9;
 
 struct Agreement {
   std::array<int64_t, kFields> value{};  // unset fields are 0 on every rank
@@ -44,7 +57,7 @@ std::string local_error(const std::function<void()>& check);
 // and the request is left pending (MPI cannot cancel a collective), its
 // buffers kept alive so that a late partner cannot write into freed memory.
 //
-// One all-reduce of 16 int64 (the min and max of every field, the lowest
+// One all-reduce of 20 int64 (the min and max of every field, the lowest
 // rank with an error, the sum of m). Throws std::invalid_argument with the
 // same text on every rank when a rank's arguments are bad (that rank's own
 // message, broadcast from it) or a field differs between ranks. Returns the

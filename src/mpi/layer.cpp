@@ -25,12 +25,12 @@ SyncBatchNorm<T>::SyncBatchNorm(MPI_Comm comm, int64_t num_features, double eps,
   if (momentum && (!std::isfinite(*momentum) || *momentum < 0 || *momentum > 1))
     detail::fail(fn, "momentum must be in [0, 1], got " + std::to_string(*momentum));
   if (affine_) {
-    weight_.assign(size_t(c_), T(1));
-    bias_.assign(size_t(c_), T(0));
+    weight_.assign(size_t(c_), param_type(1));
+    bias_.assign(size_t(c_), param_type(0));
   }
   if (track_) {
-    running_mean_.assign(size_t(c_), T(0));
-    running_var_.assign(size_t(c_), T(1));
+    running_mean_.assign(size_t(c_), param_type(0));
+    running_var_.assign(size_t(c_), param_type(1));
   }
 }
 
@@ -47,15 +47,16 @@ std::vector<T> SyncBatchNorm<T>::forward(const Shape& shape, std::span<const T> 
       detail::fail(fn, "x has " + std::to_string(x.size()) + " values, the shape needs " +
                            std::to_string(shape.numel()));
   };
-  const T* w = affine_ ? weight_.data() : nullptr;
-  const T* b = affine_ ? bias_.data() : nullptr;
-  std::vector<T> mean(static_cast<size_t>(c_)), invstd(static_cast<size_t>(c_));
+  const param_type* w = affine_ ? weight_.data() : nullptr;
+  const param_type* b = affine_ ? bias_.data() : nullptr;
+  std::vector<param_type> mean(static_cast<size_t>(c_)), invstd(static_cast<size_t>(c_));
   std::vector<T> y;
   const bool batch_stats = training_ || !track_;
   if (batch_stats) {
     y.resize(x.size());
     const bool update = training_ && track_;
     Options options{eps_, momentum_, num_batches_tracked_ + 1};
+    options.unbiased_running_var = unbiased_running_var_;
     forward_training_checked(fn, check, comm_, shape, x.data(), w, b, y.data(), mean.data(),
                              invstd.data(), update ? running_mean_.data() : nullptr,
                              update ? running_var_.data() : nullptr, options);
@@ -70,7 +71,7 @@ std::vector<T> SyncBatchNorm<T>::forward(const Shape& shape, std::span<const T> 
                         eps_);
     for (int64_t k = 0; k < c_; ++k) {
       mean[size_t(k)] = running_mean_[size_t(k)];
-      invstd[size_t(k)] = T(1.0 / std::sqrt(double(running_var_[size_t(k)]) + eps_));
+      invstd[size_t(k)] = param_type(1.0 / std::sqrt(double(running_var_[size_t(k)]) + eps_));
     }
   }
   shape_ = shape;
@@ -97,13 +98,13 @@ typename SyncBatchNorm<T>::Gradients SyncBatchNorm<T>::backward(std::span<const 
     g.dweight.resize(static_cast<size_t>(c_));
     g.dbias.resize(static_cast<size_t>(c_));
   }
-  T* dw = affine_ ? g.dweight.data() : nullptr;
-  T* db = affine_ ? g.dbias.data() : nullptr;
-  const T* w = affine_ ? weight_.data() : nullptr;
+  param_type* dw = affine_ ? g.dweight.data() : nullptr;
+  param_type* db = affine_ ? g.dbias.data() : nullptr;
+  const param_type* w = affine_ ? weight_.data() : nullptr;
   // Before any forward the cache is empty; the synchronized path still joins
   // the pre-flight so that the error reaches every rank.
   if (!have_cache_ || cache_batch_stats_) {
-    const std::vector<T> none(static_cast<size_t>(c_));
+    const std::vector<param_type> none(static_cast<size_t>(c_));
     backward_checked(fn, check, comm_, shape_, dy.data(), x_.data(), w,
                      have_cache_ ? mean_.data() : none.data(),
                      have_cache_ ? invstd_.data() : none.data(), g.dx.data(), dw, db);
@@ -117,5 +118,7 @@ typename SyncBatchNorm<T>::Gradients SyncBatchNorm<T>::backward(std::span<const 
 
 template class SyncBatchNorm<float>;
 template class SyncBatchNorm<double>;
+template class SyncBatchNorm<bfloat16>;
+template class SyncBatchNorm<float16>;
 
 }  // namespace bnorm::mpi

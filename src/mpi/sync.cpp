@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
+#include "cpu/renorm.hpp"
 #include "mpi/collectives.hpp"
 #include "mpi/sync_impl.hpp"
 #include "validate.hpp"
@@ -40,7 +41,10 @@ void check_data(const char* fn, const Shape& shape, const void* p, const char* n
 
 template <class T>
 constexpr int64_t dtype_code() {
-  return std::is_same_v<T, float> ? 1 : 2;
+  if constexpr (std::is_same_v<T, float>) return 1;
+  if constexpr (std::is_same_v<T, double>) return 2;
+  if constexpr (std::is_same_v<T, bfloat16>) return 3;
+  return 4;
 }
 
 int64_t bits(double v) {
@@ -53,9 +57,13 @@ int64_t bits(double v) {
 
 template <class T>
 void forward_training_checked(const char* fn, const std::function<void()>& extra_check,
-                              MPI_Comm comm, const Shape& local, const T* x, const T* weight,
-                              const T* bias, T* y, T* save_mean, T* save_invstd, T* running_mean,
-                              T* running_var, const Options& options) {
+                              MPI_Comm comm, const Shape& local, const T* x,
+                              const param_t<T>* weight, const param_t<T>* bias, T* y,
+                              param_t<T>* save_mean, param_t<T>* save_invstd,
+                              param_t<T>* running_mean, param_t<T>* running_var,
+                              const Options& options, const RenormLimits* renorm, param_t<T>* r,
+                              param_t<T>* d) {
+  using P = param_t<T>;
   const Deadline deadline(comm, fn);
   Agreement mine;
   double factor = 0;
@@ -69,6 +77,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
     check_data(fn, local, x, "x");
     check_data(fn, local, y, "y");
     factor = detail::running_factor(fn, options, running_mean, running_var);
+    if (renorm) detail::check_renorm(fn, *renorm, running_mean);
   });
   mine.set(Field::c, local.c);
   mine.set(Field::layout, static_cast<int64_t>(local.layout));
@@ -77,7 +86,9 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
   mine.set(Field::momentum, options.momentum ? bits(*options.momentum) : -1);
   mine.set(Field::num_batches_tracked,
            !options.momentum && track ? options.num_batches_tracked : 0);
-  mine.set(Field::track_running_stats, track ? 1 : 0);
+  mine.set(Field::track_running_stats, !track ? 0 : options.unbiased_running_var ? 1 : 2);
+  mine.set(Field::rmax, renorm ? bits(renorm->rmax) : 0);
+  mine.set(Field::dmax, renorm ? bits(renorm->dmax) : 0);
   mine.m = mine.local_error.empty() ? local.m() : 0;
   const int64_t m_global = agree(deadline, mine);
   if (m_global < 2)
@@ -104,26 +115,41 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
     mean[k] = stats[k].mean;
     const double var = stats[k].m2 / m;
     invstd[k] = 1.0 / std::sqrt(var + options.eps);
-    scale[k] = param(weight, int64_t(k), 1.0) * invstd[k];
-    shift[k] = param(bias, int64_t(k), 0.0);
+    double g = param(weight, int64_t(k), 1.0), b = param(bias, int64_t(k), 0.0);
+    if (renorm) {
+      // r and d from the global statistics and the running statistics
+      // before this step's update (the same on every rank).
+      const cpu::RenormCorrection rd =
+          cpu::renorm_correction(double(running_mean[k]), double(running_var[k]), mean[k], var,
+                                 options.eps, renorm->rmax, renorm->dmax);
+      if (r) r[k] = P(rd.r);
+      if (d) d[k] = P(rd.d);
+      cpu::fold_renorm(rd, g, b);
+    }
+    scale[k] = g * invstd[k];
+    shift[k] = b;
   }
   if (local.n > 0) cpu::normalize(local, x, mean.data(), scale.data(), shift.data(), y);
   for (size_t k = 0; k < cs; ++k) {
-    if (save_mean) save_mean[k] = T(mean[k]);
-    if (save_invstd) save_invstd[k] = T(invstd[k]);
+    if (save_mean) save_mean[k] = P(mean[k]);
+    if (save_invstd) save_invstd[k] = P(invstd[k]);
     if (track) {
       // The unbiased variance M2 / (m - 1) written as the core writes it.
       const double var = stats[k].m2 / m;
-      running_mean[k] = T((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = T((1 - factor) * double(running_var[k]) + factor * var * m / (m - 1));
+      running_mean[k] = P((1 - factor) * double(running_mean[k]) + factor * mean[k]);
+      running_var[k] = P(cpu::running_var_update(double(running_var[k]), factor, var, m,
+                                                 options.unbiased_running_var));
     }
   }
 }
 
 template <class T>
 void backward_checked(const char* fn, const std::function<void()>& extra_check, MPI_Comm comm,
-                      const Shape& local, const T* dy, const T* x, const T* weight,
-                      const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias) {
+                      const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+                      const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+                      param_t<T>* dweight, param_t<T>* dbias, const param_t<T>* r,
+                      const param_t<T>* d) {
+  using P = param_t<T>;
   const Deadline deadline(comm, fn);
   Agreement mine;
   mine.local_error = local_error([&] {
@@ -133,6 +159,10 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
     check_data(fn, local, x, "x");
     detail::check_not_null(fn, save_mean, "save_mean");
     detail::check_not_null(fn, save_invstd, "save_invstd");
+    if (r || d) {
+      detail::check_not_null(fn, r, "r");
+      detail::check_not_null(fn, d, "d");
+    }
   });
   mine.set(Field::c, local.c);
   mine.set(Field::layout, static_cast<int64_t>(local.layout));
@@ -153,9 +183,17 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
   std::vector<double> a(cs), b(cs), cc(cs);
   for (size_t k = 0; k < cs; ++k) {
     const double invstd = double(save_invstd[k]);
-    if (dweight) dweight[k] = T(sums[k].dy_xhat);
-    if (dbias) dbias[k] = T(sums[k].dy);
-    const double g_invstd = param(weight, int64_t(k), 1.0) * invstd;
+    double g = param(weight, int64_t(k), 1.0);
+    if (r) {
+      // Batch Renormalization: r and d are constants; weight * r scales.
+      const cpu::RenormCorrection rd{double(r[k]), double(d[k])};
+      if (dweight) dweight[k] = P(cpu::renorm_dweight(rd, sums[k].dy_xhat, sums[k].dy));
+      g *= rd.r;
+    } else if (dweight) {
+      dweight[k] = P(sums[k].dy_xhat);
+    }
+    if (dbias) dbias[k] = P(sums[k].dy);
+    const double g_invstd = g * invstd;
     a[k] = g_invstd;
     b[k] = -g_invstd * invstd * sums[k].dy_xhat / m;
     cc[k] = -g_invstd * sums[k].dy / m;
@@ -165,35 +203,74 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
 }
 
 template <class T>
-void forward_training(MPI_Comm comm, const Shape& local, const T* x, const T* weight, const T* bias,
-                      T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
-                      const Options& options) {
+void forward_training(MPI_Comm comm, const Shape& local, const T* x, const param_t<T>* weight,
+                      const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
+                      param_t<T>* running_mean, param_t<T>* running_var, const Options& options) {
   forward_training_checked(
       "mpi::forward_training", [] {}, comm, local, x, weight, bias, y, save_mean, save_invstd,
       running_mean, running_var, options);
 }
 
 template <class T>
-void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const T* weight,
-              const T* save_mean, const T* save_invstd, T* dx, T* dweight, T* dbias) {
+void backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x, const param_t<T>* weight,
+              const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
+              param_t<T>* dweight, param_t<T>* dbias) {
   backward_checked(
       "mpi::backward", [] {}, comm, local, dy, x, weight, save_mean, save_invstd, dx, dweight,
       dbias);
 }
 
+template <class T>
+void batch_renorm_forward_training(MPI_Comm comm, const Shape& local, const T* x,
+                                   const param_t<T>* weight, const param_t<T>* bias, T* y,
+                                   param_t<T>* save_mean, param_t<T>* save_invstd, param_t<T>* r,
+                                   param_t<T>* d, param_t<T>* running_mean, param_t<T>* running_var,
+                                   const RenormLimits& limits, const Options& options) {
+  forward_training_checked(
+      "mpi::batch_renorm_forward_training", [] {}, comm, local, x, weight, bias, y, save_mean,
+      save_invstd, running_mean, running_var, options, &limits, r, d);
+}
+
+template <class T>
+void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const T* x,
+                           const param_t<T>* weight, const param_t<T>* save_mean,
+                           const param_t<T>* save_invstd, const param_t<T>* r, const param_t<T>* d,
+                           T* dx, param_t<T>* dweight, param_t<T>* dbias) {
+  // r and d null would silently give batch norm's gradient: check them here.
+  backward_checked(
+      "mpi::batch_renorm_backward",
+      [&] {
+        detail::check_not_null("mpi::batch_renorm_backward", r, "r");
+        detail::check_not_null("mpi::batch_renorm_backward", d, "d");
+      },
+      comm, local, dy, x, weight, save_mean, save_invstd, dx, dweight, dbias, r, d);
+}
+
 #define BNORM_MPI_INSTANTIATE(T)                                                                  \
-  template void forward_training_checked<T>(const char*, const std::function<void()>&, MPI_Comm,  \
-                                            const Shape&, const T*, const T*, const T*, T*, T*,   \
-                                            T*, T*, T*, const Options&);                          \
+  template void forward_training_checked<T>(                                                      \
+      const char*, const std::function<void()>&, MPI_Comm, const Shape&, const T*,                \
+      const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*,            \
+      param_t<T>*, const Options&, const RenormLimits*, param_t<T>*, param_t<T>*);                \
   template void backward_checked<T>(const char*, const std::function<void()>&, MPI_Comm,          \
-                                    const Shape&, const T*, const T*, const T*, const T*,         \
-                                    const T*, T*, T*, T*);                                        \
-  template void forward_training<T>(MPI_Comm, const Shape&, const T*, const T*, const T*, T*, T*, \
-                                    T*, T*, T*, const Options&);                                  \
-  template void backward<T>(MPI_Comm, const Shape&, const T*, const T*, const T*, const T*,       \
-                            const T*, T*, T*, T*);
+                                    const Shape&, const T*, const T*, const param_t<T>*,          \
+                                    const param_t<T>*, const param_t<T>*, T*, param_t<T>*,        \
+                                    param_t<T>*, const param_t<T>*, const param_t<T>*);           \
+  template void forward_training<T>(MPI_Comm, const Shape&, const T*, const param_t<T>*,          \
+                                    const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*, \
+                                    param_t<T>*, const Options&);                                 \
+  template void backward<T>(MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*,        \
+                            const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);  \
+  template void batch_renorm_forward_training<T>(                                                 \
+      MPI_Comm, const Shape&, const T*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*,    \
+      param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*, const RenormLimits&,       \
+      const Options&);                                                                            \
+  template void batch_renorm_backward<T>(                                                         \
+      MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*, const param_t<T>*,           \
+      const param_t<T>*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);
 BNORM_MPI_INSTANTIATE(float)
 BNORM_MPI_INSTANTIATE(double)
+BNORM_MPI_INSTANTIATE(bfloat16)
+BNORM_MPI_INSTANTIATE(float16)
 #undef BNORM_MPI_INSTANTIATE
 
 }  // namespace bnorm::mpi

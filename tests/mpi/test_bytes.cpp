@@ -1,5 +1,5 @@
 // What one training step sends, counted through the PMPI interface: a
-// 128-byte pre-flight all-reduce, then 24c bytes reduced and broadcast in
+// 160-byte pre-flight all-reduce, then 24c bytes reduced and broadcast in
 // forward and 16c in backward, whatever the batch size.
 #include <gtest/gtest.h>
 
@@ -38,14 +38,14 @@ TEST(SyncBytes, ForwardAndBackwardSendOrderCNumbers) {
       const auto bwd = stop_counting();
       ASSERT_EQ(fwd.size(), 3u) << show(fwd);
       EXPECT_EQ(fwd[0].name, "MPI_Iallreduce");
-      EXPECT_EQ(fwd[0].bytes, 128);
+      EXPECT_EQ(fwd[0].bytes, 160);
       EXPECT_EQ(fwd[1].name, "MPI_Ireduce");
       EXPECT_EQ(fwd[1].bytes, 24 * c);  // (count, mean, M2) per channel
       EXPECT_EQ(fwd[2].name, "MPI_Ibcast");
       EXPECT_EQ(fwd[2].bytes, 24 * c);
       ASSERT_EQ(bwd.size(), 3u) << show(bwd);
       EXPECT_EQ(bwd[0].name, "MPI_Iallreduce");
-      EXPECT_EQ(bwd[0].bytes, 128);
+      EXPECT_EQ(bwd[0].bytes, 160);
       EXPECT_EQ(bwd[1].name, "MPI_Ireduce");
       EXPECT_EQ(bwd[1].bytes, 16 * c);  // (sum dy, sum dy * x_hat) per channel
       EXPECT_EQ(bwd[2].name, "MPI_Ibcast");

@@ -252,4 +252,81 @@ TYPED_TEST(Sync, LayerMatchesBatchNormOnTheWholeBatch) {
   }
 }
 
+// bfloat16 and float16 activations (float parameters and statistics): the
+// synchronized layer against one process on the whole batch. The ranks'
+// float statistics differ from one process's by the merge's rounding, so
+// y and dx may land one rounding of T (unit_roundoff) apart; the
+// statistics, dweight and dbias stay within float's bound and bitwise equal
+// on every rank.
+template <class T>
+class SyncNarrow : public ::testing::Test {};
+using NarrowTypes = ::testing::Types<bfloat16, float16>;
+TYPED_TEST_SUITE(SyncNarrow, NarrowTypes);
+
+TYPED_TEST(SyncNarrow, LayerMatchesBatchNormOnTheWholeBatch) {
+  using T = TypeParam;
+  const int P = size(), me = rank();
+  const auto n = split(P > 1 ? "empty_first" : "uneven", P);
+  const int64_t n_total = std::accumulate(n.begin(), n.end(), int64_t(0));
+  const int64_t offset = std::accumulate(n.begin(), n.begin() + me, int64_t(0));
+  const int64_t c = 5, s = 3, per = c * s;
+  const double u = unit_roundoff<T>(), tol = 4e-7;
+  mpi::SyncBatchNorm<T> sync(MPI_COMM_WORLD, c);
+  BatchNorm<T> one(c);
+  for (size_t k = 0; k < size_t(c); ++k) {
+    sync.weight()[k] = one.weight()[k] = 0.5f + 0.25f * float(k);
+    sync.bias()[k] = one.bias()[k] = 0.1f * float(k);
+  }
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    for (Layout layout : {Layout::NCHW, Layout::NHWC}) {
+      const Shape global{n_total, c, s, layout}, local{n[size_t(me)], c, s, layout};
+      const auto x = cast<T>(random_values(size_t(global.numel()), 77 + uint64_t(step), 2.0, 3.0));
+      const auto dy = cast<T>(random_values(size_t(global.numel()), 99 + uint64_t(step)));
+      const auto y1 = one.forward(global, x);
+      const auto g1 = one.backward(dy);
+      const auto xl = slice(x, offset, local.n, per), dyl = slice(dy, offset, local.n, per);
+      const auto y = sync.forward(local, xl);
+      const auto g = sync.backward(dyl);
+      if (!y.empty()) {
+        const auto y1l = widen<T>(slice(y1, offset, local.n, per));
+        const auto dx1l = widen<T>(slice(g1.dx, offset, local.n, per));
+        // One rounding each way: 2u of the value.
+        EXPECT_LE(rounding_ratio(widen<T>(y), y1l, 2 * u, tol * max_abs(y1l)), 1.0);
+        EXPECT_LE(rounding_ratio(widen<T>(g.dx), dx1l, 2 * u, 10 * tol * max_abs(dx1l)), 1.0);
+      }
+      // dweight and dbias: sums whose terms are computed from statistics
+      // (float save_mean, save_invstd) that the two paths round differently,
+      // and summed in a different order: a few float roundings of the sum
+      // of the terms' magnitudes, relative to the largest result.
+      const auto stats = ref::forward_training(global, widen<T>(x), {}, {}, 1e-5);
+      std::vector<double> terms_w(static_cast<size_t>(c)), terms_b(static_cast<size_t>(c));
+      for (int64_t i = 0; i < global.numel(); ++i) {
+        const size_t k = size_t(layout == Layout::NHWC ? i % c : i / s % c);
+        const double g = to_double(dy[size_t(i)]);
+        terms_w[k] += std::abs(g * (to_double(x[size_t(i)]) - stats.mean[k]) * stats.invstd[k]);
+        terms_b[k] += std::abs(g);
+      }
+      const double tol_w = 4 * 0x1p-24 * max_abs(terms_w) / max_abs(widen<float>(g1.dweight));
+      const double tol_b = 4 * 0x1p-24 * max_abs(terms_b) / max_abs(widen<float>(g1.dbias));
+      EXPECT_LE(scaled_error(widen<float>(g.dweight), widen<float>(g1.dweight)), tol_w);
+      EXPECT_LE(scaled_error(widen<float>(g.dbias), widen<float>(g1.dbias)), tol_b);
+      const std::vector<float> rm(sync.running_mean().begin(), sync.running_mean().end()),
+          rv(sync.running_var().begin(), sync.running_var().end());
+      EXPECT_LE(scaled_error(widen<float>(rm),
+                             widen<float>(std::vector<float>(one.running_mean().begin(),
+                                                             one.running_mean().end()))),
+                tol);
+      EXPECT_LE(
+          scaled_error(widen<float>(rv), widen<float>(std::vector<float>(one.running_var().begin(),
+                                                                         one.running_var().end()))),
+          tol);
+      EXPECT_TRUE(same_on_all_ranks(rm));
+      EXPECT_TRUE(same_on_all_ranks(rv));
+      EXPECT_TRUE(same_on_all_ranks(g.dweight));
+      EXPECT_TRUE(same_on_all_ranks(g.dbias));
+    }
+  }
+}
+
 }  // namespace bnorm::test

@@ -18,10 +18,11 @@ struct Tiny {
 
 // linear (6 -> 5), normalization, activation, linear (5 -> 4), cross-entropy;
 // 8 examples; parameters moved off their initial values so that gamma != 1.
-Tiny tiny(Norm norm, Activation act) {
+Tiny tiny(Norm norm, Activation act, int64_t virtual_batch_size = 0) {
   NetConfig cfg;
   cfg.sizes = {6, 5, 4};
   cfg.norm = norm;
+  cfg.virtual_batch_size = virtual_batch_size;
   cfg.activation = act;
   cfg.init_std = 0.7;
   cfg.seed = 3;
@@ -88,6 +89,44 @@ INSTANTIATE_TEST_SUITE_P(
         if (c == ' ') c = '_';
       return n + "_" + to_string(std::get<1>(info.param));
     });
+
+// Ghost batch norm (two groups of 4 examples) is a function of the batch like
+// batch norm: its backward is the gradient of the whole network too.
+TEST(GhostNetwork, GradientsMatchFiniteDifferences) {
+  Tiny t = tiny(Norm::ghost, Activation::sigmoid, 4);
+  std::vector<double> analytic, numeric;
+  gradients(t, analytic, numeric);
+  EXPECT_LT(scaled_error(analytic, numeric), 1e-7);
+  // And it is not batch norm over the 8 examples.
+  Tiny whole = tiny(Norm::batchnorm, Activation::sigmoid);
+  EXPECT_GT(std::abs(loss(t) - loss(whole)), 1e-3);
+}
+
+// Batch Renormalization with rmax = 1, dmax = 0 trains exactly as batch norm.
+TEST(BatchRenormNetwork, RmaxOneDmaxZeroIsBatchNorm) {
+  Tiny a = tiny(Norm::batch_renorm, Activation::relu), b = tiny(Norm::batchnorm, Activation::relu);
+  a.net.set_renorm_limits({1.0, 0.0});
+  std::vector<double> ga, gb, na, nb;
+  for (int step = 0; step < 3; ++step) {
+    EXPECT_EQ(loss(a), loss(b));
+    Matrix<double> da, db;
+    softmax_cross_entropy<double>(a.net.forward(a.x), a.labels.data(), &da, nullptr);
+    softmax_cross_entropy<double>(b.net.forward(b.x), b.labels.data(), &db, nullptr);
+    a.net.backward(da);
+    b.net.backward(db);
+    auto pa = a.net.params(), pb = b.net.params();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (size_t k = 0; k < pa.size(); ++k)
+      for (int64_t i = 0; i < pa[k].size; ++i) {
+        ASSERT_EQ(pa[k].grad[i], pb[k].grad[i]);
+        pa[k].value[i] -= 0.1 * pa[k].grad[i];
+        pb[k].value[i] -= 0.1 * pb[k].grad[i];
+      }
+  }
+  a.net.train(false);
+  b.net.train(false);
+  EXPECT_EQ(loss(a), loss(b));  // the same running statistics
+}
 
 // The frozen-moments backward is not the gradient of the network it trains:
 // the bias before a batch-norm layer has no effect on the loss (its true

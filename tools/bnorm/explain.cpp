@@ -6,11 +6,11 @@
 
 #include <bnorm/reference.hpp>
 #include <cmath>
+#include <graph.hpp>
 #include <string>
 #include <vector>
 
 #include "commands.hpp"
-#include "graph.hpp"
 
 namespace bnorm::cli {
 namespace {
@@ -36,7 +36,7 @@ int run(const std::vector<double>& x, const std::vector<double>& dy, double gamm
   const auto f = ref::staged_forward(x, gamma, beta, eps);
   const auto b = ref::staged_backward(f, dy);
   if (!graph.empty()) {
-    render_png(staged_graph_dot(f, b), graph);
+    demo::render_png(demo::staged_graph_dot(f, b), graph);
     fmt::print("Wrote the graph to {}\n\n", graph);
   }
   const auto cf = ref::closed_form(x, dy, gamma, eps);

@@ -7,12 +7,29 @@ Unlike torch.nn.BatchNormXd, a forward that raises leaves
 num_batches_tracked and the running statistics untouched.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers torch.ops.bnorm)
+
+
+def _running_factor(momentum: Optional[float], counter: Optional[Tensor], training: bool,
+                    track_running_stats: bool) -> Tuple[float, bool]:
+    """The weight of this batch in the running statistics, and whether the
+    batch is counted (training with tracked statistics), as torch.nn.BatchNormXd
+    decides them; momentum None gives the cumulative average."""
+    factor = 0.0
+    if momentum is not None:
+        factor = momentum
+    counts = False
+    if training and track_running_stats and counter is not None:
+        counts = True
+        if momentum is None:
+            # Cumulative average over the batches seen, this one included.
+            factor = 1.0 / (float(counter) + 1.0)
+    return factor, counts
 
 
 class _BatchNorm(torch.nn.Module):
@@ -81,16 +98,9 @@ class _BatchNorm(torch.nn.Module):
         # The same decisions as torch.nn.BatchNormXd: in training the running
         # statistics are updated when tracked; in eval they normalize when
         # they exist, else the batch statistics do.
-        factor = 0.0
-        if self.momentum is not None:
-            factor = self.momentum
         counter = self.num_batches_tracked
-        counts = False
-        if self.training and self.track_running_stats and counter is not None:
-            counts = True
-            if self.momentum is None:
-                # Cumulative average over the batches seen, this one included.
-                factor = 1.0 / (float(counter) + 1.0)
+        factor, counts = _running_factor(self.momentum, counter, self.training,
+                                         self.track_running_stats)
         use_batch_stats = self.training or (self.running_mean is None
                                             and self.running_var is None)
         pass_stats = not self.training or self.track_running_stats

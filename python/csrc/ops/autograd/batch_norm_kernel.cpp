@@ -232,9 +232,11 @@ class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
     const DoubleBackward d =
         double_backward(grads[0], grads[1], grads[2], saved[0], saved[1], saved[2],
                         saved[3].detach(), saved[4].detach(), ctx->saved_data["train"].toBool());
-    if (mask[0]) out[0] = d.d_dy;
-    if (mask[1]) out[1] = d.d_x;
-    if (mask[2]) out[2] = d.d_weight;
+    // Each gradient in its input's dtype (the formula promotes 16-bit
+    // activations to the statistics' float32).
+    if (mask[0]) out[0] = d.d_dy.to(saved[0].scalar_type());
+    if (mask[1]) out[1] = d.d_x.to(saved[1].scalar_type());
+    if (mask[2]) out[2] = d.d_weight.to(saved[2].scalar_type());
     return out;
   }
 };

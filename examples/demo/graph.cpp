@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <vector>
 
-namespace bnorm::cli {
+namespace bnorm::demo {
 namespace {
 
 std::string values(const std::vector<double>& v) {
@@ -73,4 +73,4 @@ void render_png(const std::string& dot, const std::filesystem::path& png) {
                              std::to_string(status));
 }
 
-}  // namespace bnorm::cli
+}  // namespace bnorm::demo
