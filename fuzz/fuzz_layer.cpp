@@ -240,7 +240,14 @@ void run(FuzzedDataProvider& in) {
       }
       mean[size_t(k)] = mu;
       invstd[size_t(k)] = is;
-      if (!std::isfinite(mu) || !std::isfinite(var) || !std::isfinite(is)) continue;
+      // Near double's own limit the kernels' M2 * m (the unbiased running
+      // variance) overflows where var does not.
+      if (!std::isfinite(mu) || !std::isfinite(var) || !std::isfinite(is) ||
+          !std::isfinite((max_abs + std::abs(mu)) * (max_abs + std::abs(mu)) * double(m) *
+                         double(m))) {
+        overflowed[size_t(k)] = true;  // no reference for backward either
+        continue;
+      }
       if (batch_stats &&
           known_overflow<T>((max_abs + std::abs(mu)) * (max_abs + std::abs(mu)) * double(m))) {
         overflowed[size_t(k)] = true;
