@@ -305,7 +305,9 @@ bool known_overflow(double magnitude) {
 template <class T>
 bool scale_overflows(double gamma, double beta, double invstd, double spread) {
   const double a = std::abs(gamma * invstd);
-  return !(a * std::max(spread, 1.0) + std::abs(beta) <= double(std::numeric_limits<T>::max()));
+  const double max = double(std::numeric_limits<T>::max());
+  // x - mean itself must fit T too.
+  return !(a * std::max(spread, 1.0) + std::abs(beta) <= max) || !(spread <= max);
 }
 
 // The other end of T's range: where the largest |dy| * invstd or

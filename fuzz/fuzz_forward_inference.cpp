@@ -57,7 +57,8 @@ void run(FuzzedDataProvider& in) {
       const int64_t at = shape.layout == Layout::NCHW ? (sample * shape.c + k) * shape.s + pos
                                                       : (sample * shape.s + pos) * shape.c + k;
       const double xi = double(x[size_t(at)]);
-      const double want = gamma * (xi - mu) * invstd + beta;
+      // In long double: gamma * (x - mean) may underflow double where the value does not.
+      const double want = double((long double)gamma * ((long double)xi - mu) * invstd + beta);
       const double bound =
           double(std::numeric_limits<T>::denorm_min()) * (2 + std::abs(xi) + std::abs(mu)) +
           f * (std::abs(gamma) * (std::abs(xi) + std::abs(mu)) * invstd + std::abs(beta) +
