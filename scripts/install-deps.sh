@@ -10,6 +10,8 @@ packages=(
   libhwy-dev
   # Python module and its oracle
   python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-torchvision python3-onnx
+  # reliability: libFuzzer harnesses, ThreadSanitizer with LLVM's OpenMP, property tests
+  clang libfuzzer-14-dev libomp-dev python3-hypothesis
   # ONNX conformance test: the BatchNormalization cases (read with python3-onnx)
   libonnx-testdata
   # pip install . (setuptools backend driving CMake), python3 -m build

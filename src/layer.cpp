@@ -54,6 +54,11 @@ std::vector<T> BatchNorm<T>::forward(const Shape& shape, std::span<const T> x) {
   const param_type* b = affine_ ? bias_.data() : nullptr;
   std::vector<T> y(x.size());
   const bool batch_stats = training_ || !track_;
+  // Checked here too, so that the error names the layer rather than the
+  // kernel it calls.
+  if (batch_stats && shape.m() < 2)
+    detail::fail(fn, "expected more than 1 value per channel with batch statistics, got n*s = " +
+                         std::to_string(shape.m()));
   // Ghost batch norm in training mode: statistics per group of samples.
   const int64_t vbs = training_ ? virtual_batch_size_ : 0;
   const int64_t groups = vbs > 0 ? ghost_groups(shape.n, vbs) : 1;

@@ -36,17 +36,45 @@
 //
 // Training needs a global m = sum over ranks of n * s > 1; otherwise every
 // rank throws the same error. shape.s may differ between ranks; c may not.
+//
+// Timeouts: a rank that never enters a call (a rank in eval mode while the
+// others train, a rank that skipped a step, a rank that died) would leave
+// the others waiting in the collective forever. Every collective is posted
+// non-blocking and polled against a deadline, timeout() after the call
+// started (default 10 minutes, as torch.distributed's watchdog; set it with
+// set_timeout() or the environment variable BNORM_MPI_TIMEOUT_MS). When it
+// passes, each waiting rank throws timeout_error naming the call, the
+// communicator's size and the time waited. The communicator is then unusable
+// (a collective was left half done, and MPI cannot cancel one): the
+// application must abort it, MPI_Abort(comm, code), as after any MPI
+// failure; the pending collective's buffers are deliberately never freed.
 #pragma once
 
 #include <mpi.h>
 
 #include <bnorm/bnorm.hpp>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <vector>
 
 namespace bnorm::mpi {
+
+// Thrown on every rank that waited past the deadline in a collective.
+class timeout_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The time one call may wait for the other ranks (all its collectives
+// together); process-wide. set_timeout throws std::invalid_argument unless
+// timeout > 0. Without set_timeout, timeout() reads BNORM_MPI_TIMEOUT_MS (a
+// positive integer; anything else throws std::invalid_argument naming the
+// variable) or returns 10 minutes.
+void set_timeout(std::chrono::milliseconds timeout);
+std::chrono::milliseconds timeout();
 
 // As bnorm::forward_training, with local = this rank's slice (n >= 0).
 // running_mean/running_var are updated identically on every rank with the

@@ -167,6 +167,8 @@ HWY_INLINE param_t<T> Widen(T v) {
 // Contiguous elements summed in float lanes before the sum moves to double
 // (at most 32 terms a lane with 16 lanes and 4 accumulators).
 constexpr int64_t kBlock = 2048;
+// Values of one plane between flushes of the float partials (ForPlanes).
+constexpr int64_t kPlaneFlush = int64_t(1) << 14;
 
 template <class D, class V>
 HWY_INLINE double Total(D d, V a0, V a1, V a2, V a3) {
@@ -202,7 +204,17 @@ HWY_INLINE void ForPlanes(const Shape& shape, int64_t k, int64_t i0, int64_t i1,
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t base = (i * c + k) * s;
     int64_t j = 0;
-    for (; j + 2 * N <= s; j += 2 * N) body(base + j, base + j + N);
+    // A long plane also flushes within itself: a float partial that took
+    // s / (2N) terms (hundreds of millions for a channel past 2^31 values)
+    // would stop growing once each term is below its rounding step. Planes
+    // shorter than kPlaneFlush are summed exactly as before.
+    for (int64_t since = 0; j + 2 * N <= s; j += 2 * N) {
+      body(base + j, base + j + N);
+      if ((since += 2 * N) >= kPlaneFlush) {
+        flush();
+        since = 0;
+      }
+    }
     if (j + N <= s) {
       body(base + j, -1);
       j += N;

@@ -18,10 +18,17 @@
 #include "mpi/collectives.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <bnorm/mpi.hpp>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace bnorm::mpi {
@@ -34,6 +41,71 @@ void check(int rc, const char* call) {
   MPI_Error_string(rc, text, &len);
   throw std::runtime_error(std::string("bnorm::mpi: ") + call +
                            " failed: " + std::string(text, size_t(len)));
+}
+
+// --- deadlines ---------------------------------------------------------------
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+// 0: not set by set_timeout (read the environment).
+std::atomic<int64_t> timeout_set_ms{0};
+
+milliseconds timeout_from_environment() {
+  const char* text = std::getenv("BNORM_MPI_TIMEOUT_MS");
+  if (text == nullptr || *text == '\0') return std::chrono::minutes(10);
+  char* end = nullptr;
+  errno = 0;
+  const long long ms = std::strtoll(text, &end, 10);
+  if (errno != 0 || *end != '\0' || ms <= 0)
+    throw std::invalid_argument(
+        std::string("bnorm::mpi: BNORM_MPI_TIMEOUT_MS must be a positive number of "
+                    "milliseconds, got \"") +
+        text + "\"");
+  return milliseconds(ms);
+}
+
+// Buffers of collectives abandoned at a timeout: MPI may still write into
+// them if a late rank joins, so they are never freed (and stay reachable, so
+// LeakSanitizer does not count them).
+std::vector<std::shared_ptr<void>>& abandoned() {
+  static std::vector<std::shared_ptr<void>> buffers;
+  return buffers;
+}
+std::mutex abandoned_mutex;
+
+// Polls the request until it completes or the deadline passes. Polling
+// starts with yields (a partner that is already there answers within
+// microseconds) and backs off to 1 ms sleeps, so that a long wait does not
+// take a core from the ranks it waits for.
+void wait(MPI_Request* request, const Deadline& deadline, const char* call,
+          std::shared_ptr<void> buffer) {
+  int done = 0;
+  for (int polls = 0;; ++polls) {
+    check(MPI_Test(request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (done) return;
+    const auto now = Clock::now();
+    if (now >= deadline.end) {
+      {
+        const std::lock_guard<std::mutex> lock(abandoned_mutex);
+        abandoned().push_back(std::move(buffer));
+      }
+      int size = 0;
+      MPI_Comm_size(deadline.comm, &size);
+      const auto waited = std::chrono::duration_cast<milliseconds>(now - deadline.start).count();
+      throw timeout_error(
+          std::string("bnorm::") + deadline.fn + ": timed out after " + std::to_string(waited) +
+          " ms (timeout " + std::to_string(bnorm::mpi::timeout().count()) + " ms) in " + call +
+          " on a communicator of " + std::to_string(size) +
+          " ranks: some rank did not enter this call (a rank in eval mode while the others "
+          "train, a skipped step, or a dead process). The communicator cannot be used again: "
+          "abort it with MPI_Abort");
+    }
+    if (polls < 1000)
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(polls < 2000 ? 50 : 1000));
+  }
 }
 
 // A committed datatype or an operation, freed on every exit path.
@@ -149,20 +221,26 @@ void sums_op(void* in_v, void* inout_v, int* len, MPI_Datatype*) {
 }
 
 // Reduce in rank order to rank 0, then broadcast its result (see the top).
+// The data travel in a heap copy that a timeout can abandon.
 template <class E>
-void reduce_broadcast(MPI_Comm comm, std::span<E> data, MPI_User_function* fn) {
+void reduce_broadcast(const Deadline& deadline, std::span<E> data, MPI_User_function* fn) {
   static_assert(sizeof(E) % sizeof(double) == 0);
   if (data.size() > size_t(std::numeric_limits<int>::max()))
     throw std::invalid_argument("bnorm::mpi: more channels than an MPI count can hold");
   int rank = 0;
-  check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  check(MPI_Comm_rank(deadline.comm, &rank), "MPI_Comm_rank");
   const Type type(int(sizeof(E) / sizeof(double)), MPI_DOUBLE);
   const Op op(fn, /*commutative=*/false);
   const int count = int(data.size());
-  check(MPI_Reduce(rank == 0 ? MPI_IN_PLACE : data.data(), data.data(), count, type.type, op.op, 0,
-                   comm),
-        "MPI_Reduce");
-  check(MPI_Bcast(data.data(), count, type.type, 0, comm), "MPI_Bcast");
+  auto buffer = std::make_shared<std::vector<E>>(data.begin(), data.end());
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Ireduce(rank == 0 ? MPI_IN_PLACE : buffer->data(), buffer->data(), count, type.type,
+                    op.op, 0, deadline.comm, &request),
+        "MPI_Ireduce");
+  wait(&request, deadline, "MPI_Ireduce", buffer);
+  check(MPI_Ibcast(buffer->data(), count, type.type, 0, deadline.comm, &request), "MPI_Ibcast");
+  wait(&request, deadline, "MPI_Ibcast", buffer);
+  std::copy(buffer->begin(), buffer->end(), data.begin());
 }
 
 }  // namespace
@@ -176,28 +254,37 @@ std::string local_error(const std::function<void()>& check_fn) {
   return {};
 }
 
-int64_t agree(MPI_Comm comm, const char* fn, const Agreement& mine) {
+int64_t agree(const Deadline& deadline, const Agreement& mine) {
+  MPI_Comm comm = deadline.comm;
+  const char* fn = deadline.fn;
   int rank = 0, size = 0;
   check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
   check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
-  int64_t buf[kAgreementInts];
+  auto storage = std::make_shared<std::array<int64_t, kAgreementInts>>();
+  int64_t* buf = storage->data();
   for (int f = 0; f < kFields; ++f) buf[kLo + f] = buf[kHi + f] = mine.value[size_t(f)];
   buf[kErr] = mine.local_error.empty() ? 0 : size - rank;
   buf[kM] = mine.m;
   {
     const Type type(kAgreementInts, MPI_INT64_T);
     const Op op(agreement_op, /*commutative=*/true);
-    check(MPI_Allreduce(MPI_IN_PLACE, buf, 1, type.type, op.op, comm), "MPI_Allreduce");
+    MPI_Request request = MPI_REQUEST_NULL;
+    check(MPI_Iallreduce(MPI_IN_PLACE, buf, 1, type.type, op.op, comm, &request), "MPI_Iallreduce");
+    wait(&request, deadline, "MPI_Iallreduce (the pre-flight check)", storage);
   }
   if (buf[kErr] != 0) {
     // Every rank throws the failing rank's own words, not just "some rank
     // failed": the collective that follows runs only on this error path.
     const int root = size - int(buf[kErr]);
-    int64_t length = int64_t(mine.local_error.size());
-    check(MPI_Bcast(&length, 1, MPI_INT64_T, root, comm), "MPI_Bcast");
-    std::string text = rank == root ? mine.local_error : std::string(size_t(length), ' ');
-    check(MPI_Bcast(text.data(), int(length), MPI_CHAR, root, comm), "MPI_Bcast");
-    throw std::invalid_argument(text + " [on rank " + std::to_string(root) + " of " +
+    auto length = std::make_shared<int64_t>(int64_t(mine.local_error.size()));
+    MPI_Request request = MPI_REQUEST_NULL;
+    check(MPI_Ibcast(length.get(), 1, MPI_INT64_T, root, comm, &request), "MPI_Ibcast");
+    wait(&request, deadline, "MPI_Ibcast (an argument error)", length);
+    auto text = std::make_shared<std::string>(rank == root ? mine.local_error
+                                                           : std::string(size_t(*length), ' '));
+    check(MPI_Ibcast(text->data(), int(*length), MPI_CHAR, root, comm, &request), "MPI_Ibcast");
+    wait(&request, deadline, "MPI_Ibcast (an argument error)", text);
+    throw std::invalid_argument(*text + " [on rank " + std::to_string(root) + " of " +
                                 std::to_string(size) + "]");
   }
   for (int f = 0; f < kFields; ++f)
@@ -211,10 +298,27 @@ int64_t agree(MPI_Comm comm, const char* fn, const Agreement& mine) {
   return buf[kM];
 }
 
-void merge_moments(MPI_Comm comm, std::span<Moments> moments) {
-  reduce_broadcast(comm, moments, moments_op);
+void merge_moments(const Deadline& deadline, std::span<Moments> moments) {
+  reduce_broadcast(deadline, moments, moments_op);
 }
 
-void sum_gradients(MPI_Comm comm, std::span<Sums> sums) { reduce_broadcast(comm, sums, sums_op); }
+void sum_gradients(const Deadline& deadline, std::span<Sums> sums) {
+  reduce_broadcast(deadline, sums, sums_op);
+}
+
+Deadline::Deadline(MPI_Comm comm_in, const char* fn_in)
+    : comm(comm_in), fn(fn_in), start(Clock::now()), end(start + bnorm::mpi::timeout()) {}
+
+void set_timeout(std::chrono::milliseconds timeout_ms) {
+  if (timeout_ms.count() <= 0)
+    throw std::invalid_argument("bnorm::mpi::set_timeout: timeout must be > 0 ms, got " +
+                                std::to_string(timeout_ms.count()));
+  timeout_set_ms.store(timeout_ms.count());
+}
+
+std::chrono::milliseconds timeout() {
+  const int64_t set = timeout_set_ms.load();
+  return set > 0 ? milliseconds(set) : timeout_from_environment();
+}
 
 }  // namespace bnorm::mpi

@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -38,16 +39,30 @@ struct Agreement {
   void set(Field f, int64_t v) { value[static_cast<size_t>(f)] = v; }
 };
 
+// The time limit of one public call (all its collectives together), taken
+// from bnorm::mpi::timeout() when the call starts.
+struct Deadline {
+  Deadline(MPI_Comm comm, const char* fn);
+  MPI_Comm comm;
+  const char* fn;
+  std::chrono::steady_clock::time_point start, end;
+};
+
 // Runs check() and returns the message of the std::invalid_argument it
 // throws, or "" when it does not throw.
 std::string local_error(const std::function<void()>& check);
 
+// Every collective below is posted non-blocking and polled until it
+// completes or the deadline passes; then bnorm::mpi::timeout_error is thrown
+// and the request is left pending (MPI cannot cancel a collective), its
+// buffers kept alive so that a late partner cannot write into freed memory.
+//
 // One all-reduce of 20 int64 (the min and max of every field, the lowest
 // rank with an error, the sum of m). Throws std::invalid_argument with the
 // same text on every rank when a rank's arguments are bad (that rank's own
 // message, broadcast from it) or a field differs between ranks. Returns the
 // global m.
-int64_t agree(MPI_Comm comm, const char* fn, const Agreement& mine);
+int64_t agree(const Deadline& deadline, const Agreement& mine);
 
 // Per channel, the count, mean and sum of squared deviations of a set of
 // values; count = 0 (with mean = m2 = 0) is the empty set.
@@ -59,7 +74,7 @@ struct Moments {
 
 // Replaces every rank's moments by those of the union over ranks, merged in
 // rank order, bitwise identical on every rank.
-void merge_moments(MPI_Comm comm, std::span<Moments> moments);
+void merge_moments(const Deadline& deadline, std::span<Moments> moments);
 
 struct Sums {
   double dy = 0;
@@ -68,6 +83,6 @@ struct Sums {
 
 // Replaces every rank's sums by the sums over ranks, added in rank order,
 // bitwise identical on every rank.
-void sum_gradients(MPI_Comm comm, std::span<Sums> sums);
+void sum_gradients(const Deadline& deadline, std::span<Sums> sums);
 
 }  // namespace bnorm::mpi

@@ -64,6 +64,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
                               const Options& options, const RenormLimits* renorm, param_t<T>* r,
                               param_t<T>* d) {
   using P = param_t<T>;
+  const Deadline deadline(comm, fn);
   Agreement mine;
   double factor = 0;
   const bool track = running_mean != nullptr;
@@ -89,7 +90,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
   mine.set(Field::rmax, renorm ? bits(renorm->rmax) : 0);
   mine.set(Field::dmax, renorm ? bits(renorm->dmax) : 0);
   mine.m = mine.local_error.empty() ? local.m() : 0;
-  const int64_t m_global = agree(comm, fn, mine);
+  const int64_t m_global = agree(deadline, mine);
   if (m_global < 2)
     detail::fail(fn,
                  "expected more than 1 value per channel in training over all ranks, got "
@@ -106,7 +107,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
     for (size_t k = 0; k < cs; ++k) stats[k] = {m_local, mean[k], var[k] * m_local};
   }
   // A rank without samples contributes (0, 0, 0), the identity of the merge.
-  merge_moments(comm, stats);
+  merge_moments(deadline, stats);
 
   const double m = double(m_global);
   std::vector<double> mean(cs), scale(cs), shift(cs), invstd(cs);
@@ -149,6 +150,7 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
                       param_t<T>* dweight, param_t<T>* dbias, const param_t<T>* r,
                       const param_t<T>* d) {
   using P = param_t<T>;
+  const Deadline deadline(comm, fn);
   Agreement mine;
   mine.local_error = local_error([&] {
     extra_check();
@@ -166,7 +168,7 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
   mine.set(Field::layout, static_cast<int64_t>(local.layout));
   mine.set(Field::dtype, dtype_code<T>());
   mine.m = mine.local_error.empty() ? local.m() : 0;
-  const int64_t m_global = agree(comm, fn, mine);
+  const int64_t m_global = agree(deadline, mine);
 
   const size_t cs = size_t(local.c);
   std::vector<double> mean(cs), sum_dy(cs, 0.0), sum_dy_xmu(cs, 0.0);
@@ -175,7 +177,7 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
     cpu::backward_reduce(local, dy, x, mean.data(), sum_dy.data(), sum_dy_xmu.data());
   std::vector<Sums> sums(cs);
   for (size_t k = 0; k < cs; ++k) sums[k] = {sum_dy[k], sum_dy_xmu[k] * double(save_invstd[k])};
-  sum_gradients(comm, sums);
+  sum_gradients(deadline, sums);
 
   const double m = double(m_global);
   std::vector<double> a(cs), b(cs), cc(cs);

@@ -66,6 +66,16 @@ extern "C" int MPI_Iallreduce(const void* sendbuf, void* recvbuf, int count, MPI
   note("MPI_Iallreduce", count, type);
   return PMPI_Iallreduce(sendbuf, recvbuf, count, type, op, comm, request);
 }
+extern "C" int MPI_Ireduce(const void* sendbuf, void* recvbuf, int count, MPI_Datatype type,
+                           MPI_Op op, int root, MPI_Comm comm, MPI_Request* request) {
+  note("MPI_Ireduce", count, type);
+  return PMPI_Ireduce(sendbuf, recvbuf, count, type, op, root, comm, request);
+}
+extern "C" int MPI_Ibcast(void* buf, int count, MPI_Datatype type, int root, MPI_Comm comm,
+                          MPI_Request* request) {
+  note("MPI_Ibcast", count, type);
+  return PMPI_Ibcast(buf, count, type, root, comm, request);
+}
 // Point to point.
 extern "C" int MPI_Send(const void* buf, int count, MPI_Datatype type, int dest, int tag,
                         MPI_Comm comm) {

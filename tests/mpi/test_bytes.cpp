@@ -37,18 +37,18 @@ TEST(SyncBytes, ForwardAndBackwardSendOrderCNumbers) {
                             invstd.data(), dx.data(), dw.data(), db.data());
       const auto bwd = stop_counting();
       ASSERT_EQ(fwd.size(), 3u) << show(fwd);
-      EXPECT_EQ(fwd[0].name, "MPI_Allreduce");
+      EXPECT_EQ(fwd[0].name, "MPI_Iallreduce");
       EXPECT_EQ(fwd[0].bytes, 160);
-      EXPECT_EQ(fwd[1].name, "MPI_Reduce");
+      EXPECT_EQ(fwd[1].name, "MPI_Ireduce");
       EXPECT_EQ(fwd[1].bytes, 24 * c);  // (count, mean, M2) per channel
-      EXPECT_EQ(fwd[2].name, "MPI_Bcast");
+      EXPECT_EQ(fwd[2].name, "MPI_Ibcast");
       EXPECT_EQ(fwd[2].bytes, 24 * c);
       ASSERT_EQ(bwd.size(), 3u) << show(bwd);
-      EXPECT_EQ(bwd[0].name, "MPI_Allreduce");
+      EXPECT_EQ(bwd[0].name, "MPI_Iallreduce");
       EXPECT_EQ(bwd[0].bytes, 160);
-      EXPECT_EQ(bwd[1].name, "MPI_Reduce");
+      EXPECT_EQ(bwd[1].name, "MPI_Ireduce");
       EXPECT_EQ(bwd[1].bytes, 16 * c);  // (sum dy, sum dy * x_hat) per channel
-      EXPECT_EQ(bwd[2].name, "MPI_Bcast");
+      EXPECT_EQ(bwd[2].name, "MPI_Ibcast");
       EXPECT_EQ(bwd[2].bytes, 16 * c);
       if (rank() == 0 && c == 7 && n == 50)
         std::printf("c = %lld: forward %s, backward %s\n", static_cast<long long>(c),

@@ -161,3 +161,22 @@ TEST(SyncErrors, GlobalBatchOfOneValue) {
 
 }  // namespace
 }  // namespace bnorm::test
+
+namespace bnorm::test {
+namespace {
+
+// The timeout must be positive; a valid one is what timeout() returns (the
+// expiry itself is tested by bnorm_mpi_timeout under mpirun).
+TEST(SyncErrors, TimeoutMustBePositive) {
+  const auto before = mpi::timeout();
+  EXPECT_THROW(mpi::set_timeout(std::chrono::milliseconds(0)), std::invalid_argument);
+  EXPECT_THROW(mpi::set_timeout(std::chrono::milliseconds(-5)), std::invalid_argument);
+  EXPECT_EQ(mpi::timeout(), before);
+  mpi::set_timeout(std::chrono::milliseconds(123456));
+  EXPECT_EQ(mpi::timeout(), std::chrono::milliseconds(123456));
+  mpi::set_timeout(before);
+  expect_usable();
+}
+
+}  // namespace
+}  // namespace bnorm::test
