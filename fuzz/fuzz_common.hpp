@@ -273,13 +273,14 @@ void expect_close(const char* what, int64_t index, T got, double want, double bo
               num(want) + ", error " + num(std::abs(g - want)) + " > bound " + num(bound));
 }
 
-// Issue 14, item 6 (not done yet): the float32 kernels sum squared
-// deviations (and, in backward, dy * x_hat) in float, so a channel whose sums
-// of magnitudes pass FLT_MAX gets NaN or Inf statistics where the double
-// reference is finite. Until that is fixed the harnesses skip such channels,
-// and only those: `magnitude` is the channel's sum of squared |x| + |mean|
-// (forward) or of |dy| * (|x| + |mean|), with and without invstd (backward), which bounds
-// every float partial sum.
+// A documented limit (README, Reliability): the float32 backward sums
+// dy * (x - mean) in float, so a channel whose sums of those magnitudes pass
+// FLT_MAX gets NaN or Inf gradients where the double reference is finite.
+// The harnesses skip such channels, and only those: `magnitude` is the
+// channel's sum of |dy| * (|x| + |mean|), with and without invstd, which
+// bounds every float partial sum. The forward statistics have no such limit:
+// their kernels sum again, prescaled, whatever overflows float
+// (src/cpu/fast_common-inl.h), and the harnesses check every channel.
 inline constexpr bool kOverflowSafeStatistics = false;
 
 inline int64_t& skipped_overflow() {

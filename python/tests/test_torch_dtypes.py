@@ -89,3 +89,36 @@ def test_16_bit_gradcheck_in_float64_matches_the_op_path():
     assert gx.dtype == torch.bfloat16 and gw.dtype == torch.float32
     (gx.float().square().sum() + gw.square().sum()).backward()
     assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_channels_near_the_largest_value_give_finite_statistics(dtype, memory_format):
+    # Channel 0 spans +-3e38: float32 sums and squares of it overflow (torch
+    # 1.13's own kernel returns y = 0 there); double holds them. Channel 1
+    # has ordinary values in the same work units.
+    g = torch.Generator().manual_seed(3)
+    x64 = torch.randn(8, 2, 5, 5, generator=g, dtype=torch.float64)
+    x64[:, 0] = torch.sign(x64[:, 0]) * 1e38 * (1 + x64[:, 0].abs().clamp(max=2))
+    x = x64.to(dtype).contiguous(memory_format=memory_format)
+    x64 = x.double()
+    bn = bt.BatchNorm2d(2).train()
+    y = bn(x)
+    ref = torch.nn.BatchNorm2d(2).double().train()
+    want = ref(x64)
+    assert torch.isfinite(y).all()
+    u = UNIT_ROUNDOFF.get(dtype, FLOAT32_U)
+    # One rounding of T plus float32's computation, relative to |y| <= 2
+    # (the huge channel's invstd, ~5e-39, is subnormal in float32: a few
+    # units of float32's roundoff more).
+    assert (y.double() - want).abs().max() <= u * want.abs().max() + 64 * FLOAT32_U
+    # The mean's error is relative to the channel's spread: the values'
+    # rounding, summed, cancels to a mean 1e-5 of their size.
+    spread = x64.abs().amax(dim=(0, 2, 3))
+    assert ((bn.running_mean.double() - ref.running_mean).abs()
+            <= 16 * FLOAT32_U * 0.1 * spread).all()
+    # The huge channel's running variance (about 1e76) is past float32: +inf.
+    assert bn.running_var[0] == float("inf")
+    torch.testing.assert_close(bn.running_var[1].double(), ref.running_var[1],
+                               rtol=16 * FLOAT32_U, atol=0)

@@ -13,6 +13,7 @@
 #include <bnorm/bnorm.hpp>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "renorm.hpp"
 
@@ -63,6 +64,15 @@ inline void finish_forward_channel(const ForwardOutputs<P>& p, double m, int64_t
   mu = P(mean);
   scale = P(g * invstd);
   shift = P(b - (mean - double(mu)) * g * invstd);
+  // Every |x - mean| is at most sqrt(m * var). Where that reach passes half
+  // of P's range (float32 channels spread over 1e38), x - mu could overflow:
+  // y = x * scale + (b - mean * g * invstd) instead, whose terms stay within
+  // sqrt(m) + |mean| / std of y's size (both bounded there by 2 sqrt(m)).
+  if (std::abs(mean - double(mu)) + std::sqrt(m * var) >
+      0.5 * double(std::numeric_limits<P>::max())) {
+    mu = P(0);
+    shift = P(b - mean * g * invstd);
+  }
   if (p.save_mean) p.save_mean[k] = P(mean);
   if (p.save_invstd) p.save_invstd[k] = P(invstd);
   if (p.running_mean) {

@@ -28,6 +28,7 @@
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
+#include <cmath>
 #include <type_traits>
 
 #include "src/cpu/fast_plan.hpp"
@@ -164,6 +165,48 @@ HWY_INLINE param_t<T> Widen(T v) {
   return param_t<T>(v);
 }
 
+// ---- overflow fallback of the statistics ----
+//
+// The moments are summed in P's lanes: float32 values more than about 1e19
+// from the unit's pilot mean overflow float's squares (and values near
+// FLT_MAX its sums), although double would hold every result. Such a unit
+// (any non-finite mean or M2) is summed again with every value scaled by
+// 2^-kPrescale<P> on load, and the moments scaled back in double. Powers of
+// two scale exactly; only values that become subnormal (below 2^-54 in
+// float) lose bits, and a unit that overflowed has deviations beyond 2^60,
+// so those bits are far below its rounding. Scaled, |x| <= 2^56, the
+// deviations' squares <= 2^116 and a lane's few dozen of them stay finite.
+// The ordinary path pays only a test per unit. For double the same holds
+// with 2^-540, up to M2 itself leaving double's range.
+template <class P>
+constexpr int kPrescale = std::is_same_v<P, double> ? 540 : 72;
+
+// x, or x * 2^-kPrescale where kScaled.
+template <bool kScaled, class T, class D>
+HWY_INLINE hn::Vec<D> LoadScaled(D d, const T* HWY_RESTRICT p) {
+  if constexpr (kScaled) {
+    using P = hn::TFromD<D>;
+    return hn::Mul(LoadT(d, p), hn::Set(d, P(std::ldexp(P(1), -kPrescale<P>))));
+  } else {
+    return LoadT(d, p);
+  }
+}
+template <bool kScaled, class T>
+HWY_INLINE param_t<T> WidenScaled(T v) {
+  using P = param_t<T>;
+  if constexpr (kScaled) {
+    return P(v) * P(std::ldexp(P(1), -kPrescale<P>));
+  } else {
+    return P(v);
+  }
+}
+// Moments of scaled values back to the values' own.
+template <class P>
+HWY_INLINE Moments Unscale(Moments mo) {
+  return {mo.count, std::ldexp(mo.mean, kPrescale<P>), std::ldexp(mo.m2, 2 * kPrescale<P>)};
+}
+HWY_INLINE bool Finite(const Moments& mo) { return std::isfinite(mo.mean) && std::isfinite(mo.m2); }
+
 // Contiguous elements summed in float lanes before the sum moves to double
 // (at most 32 terms a lane with 16 lanes and 4 accumulators).
 constexpr int64_t kBlock = 2048;
@@ -268,8 +311,8 @@ HWY_INLINE void FlushBlock(D d, hn::Vec<D> (&acc)[4], double* HWY_RESTRICT total
   }
 }
 
-// total[k0 + i] += sum over rows of x[r, k0 + i].
-template <int NV, class T>
+// total[k0 + i] += sum over rows of x[r, k0 + i] (prescaled where kScaled).
+template <int NV, bool kScaled = false, class T>
 void SumBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
               double* HWY_RESTRICT total) {
   const DA<T> d;
@@ -282,14 +325,15 @@ void SumBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_
     for (int64_t r = rb; r < re; ++r) {
       const T* HWY_RESTRICT row = x + r * c + k0;
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], LoadT(d, row + v * N));
+      for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], LoadScaled<kScaled>(d, row + v * N));
     }
     FlushBlock<NV>(d, acc, total + k0);
   }
 }
 
-// dev[k] += sum (x - mu_k), sq[k] += sum (x - mu_k)^2 for the block's channels.
-template <int NV, class T>
+// dev[k] += sum (x - mu_k), sq[k] += sum (x - mu_k)^2 for the block's
+// channels (x prescaled where kScaled; mu then is too).
+template <int NV, bool kScaled = false, class T>
 void CenteredBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
                    const param_t<T>* HWY_RESTRICT mu, double* HWY_RESTRICT dev,
                    double* HWY_RESTRICT sq) {
@@ -308,7 +352,7 @@ void CenteredBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, i
       const T* HWY_RESTRICT row = x + r * c + k0;
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        const auto e = hn::Sub(LoadT(d, row + v * N), vmu[v]);
+        const auto e = hn::Sub(LoadScaled<kScaled>(d, row + v * N), vmu[v]);
         s[v] = hn::Add(s[v], e);
         q[v] = hn::MulAdd(e, e, q[v]);
       }

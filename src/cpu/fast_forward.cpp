@@ -125,11 +125,32 @@ void ColumnForward(const T* HWY_RESTRICT x, T* HWY_RESTRICT y, int64_t c, int64_
     for (int64_t k = k0; k < k0 + W; ++k) mu[k] = P(sum[k] / double(pilot));
     CenteredBlock<NV>(x, c, k0, 0, m, mu, dev, sq);
   }
+  Moments mo[4 * hn::MaxLanes(DA<T>())];
+  bool finite = true;
   for (int64_t k = k0; k < k0 + W; ++k) {
     const double e = dev[k] / double(m);
-    finish_forward_channel(out, double(m), k, double(mu[k]) + e, (sq[k] - dev[k] * e) / double(m),
-                           mu[k], scale[k], shift[k]);
+    mo[k - k0] = {double(m), double(mu[k]) + e, sq[k] - dev[k] * e};
+    finite &= Finite(mo[k - k0]);
   }
+  if (!finite) {
+    // The overflow fallback (fast_common-inl.h), for the channels that
+    // need it: the pilot-centered passes again on prescaled values.
+    std::vector<P> scaled_mu(static_cast<size_t>(c));
+    std::fill(sum + k0, sum + k0 + W, 0.0);
+    std::fill(dev + k0, dev + k0 + W, 0.0);
+    std::fill(sq + k0, sq + k0 + W, 0.0);
+    SumBlock<NV, true>(x, c, k0, 0, pilot, sum);
+    for (int64_t k = k0; k < k0 + W; ++k) scaled_mu[size_t(k)] = P(sum[k] / double(pilot));
+    CenteredBlock<NV, true>(x, c, k0, 0, m, scaled_mu.data(), dev, sq);
+    for (int64_t k = k0; k < k0 + W; ++k) {
+      const double e = dev[k] / double(m);
+      if (!Finite(mo[k - k0]))
+        mo[k - k0] = Unscale<P>({double(m), double(scaled_mu[size_t(k)]) + e, sq[k] - dev[k] * e});
+    }
+  }
+  for (int64_t k = k0; k < k0 + W; ++k)
+    finish_forward_channel(out, double(m), k, mo[k - k0].mean, mo[k - k0].m2 / double(m), mu[k],
+                           scale[k], shift[k]);
   if (!y) return;
   VA<T> vmu[4], va[4], vb[4];
 #pragma GCC unroll 4
@@ -167,7 +188,8 @@ void ColumnForwardTail(const T* x, T* y, int64_t c, int64_t m, int64_t k0,
     mu[k] = P(sum / double(pilot));
     double dev = 0, sq = 0;
     for (int64_t r = 0; r < m; ++r) {
-      const double e = double(Widen(x[r * c + k]) - mu[k]);
+      // In double: no overflow for the 32- and 16-bit types.
+      const double e = double(Widen(x[r * c + k])) - double(mu[k]);
       dev += e;
       sq += e * e;
     }

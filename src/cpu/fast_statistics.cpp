@@ -25,10 +25,10 @@ namespace bnorm::cpu {
 namespace HWY_NAMESPACE {
 
 // Moments of channel k over samples [i0, i1): a sum pass, then a centered
-// pass that rereads the unit from cache.
-template <class T>
-Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, int64_t i0,
-                        int64_t i1) {
+// pass that rereads the unit from cache (of values prescaled where kScaled).
+template <bool kScaled, class T>
+Moments NchwUnitPasses(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, int64_t i0,
+                       int64_t i1) {
   using P = param_t<T>;
   const DA<T> d;
   const VA<T> z = hn::Zero(d);
@@ -38,10 +38,10 @@ Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, 
   ForPlanes<T>(
       shape, k, i0, i1,
       [&](int64_t j0, int64_t j1) {
-        a0 = hn::Add(a0, LoadT(d, x + j0));
-        if (j1 >= 0) a1 = hn::Add(a1, LoadT(d, x + j1));
+        a0 = hn::Add(a0, LoadScaled<kScaled>(d, x + j0));
+        if (j1 >= 0) a1 = hn::Add(a1, LoadScaled<kScaled>(d, x + j1));
       },
-      [&](int64_t j) { ta += Widen(x[j]); },
+      [&](int64_t j) { ta += WidenScaled<kScaled>(x[j]); },
       [&] {
         sum += Total(d, a0, a1, z, z) + double(ta);
         a0 = a1 = z;
@@ -56,17 +56,17 @@ Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, 
   ForPlanes<T>(
       shape, k, i0, i1,
       [&](int64_t j0, int64_t j1) {
-        const VA<T> e0 = hn::Sub(LoadT(d, x + j0), vmu);
+        const VA<T> e0 = hn::Sub(LoadScaled<kScaled>(d, x + j0), vmu);
         s0 = hn::Add(s0, e0);
         q0 = hn::MulAdd(e0, e0, q0);
         if (j1 >= 0) {
-          const VA<T> e1 = hn::Sub(LoadT(d, x + j1), vmu);
+          const VA<T> e1 = hn::Sub(LoadScaled<kScaled>(d, x + j1), vmu);
           s1 = hn::Add(s1, e1);
           q1 = hn::MulAdd(e1, e1, q1);
         }
       },
       [&](int64_t j) {
-        const P e = Widen(x[j]) - mu;
+        const P e = WidenScaled<kScaled>(x[j]) - mu;
         ts += e;
         tq += e * e;
       },
@@ -80,31 +80,40 @@ Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, 
   return {count, double(mu) + dev / count, sq - dev * dev / count};
 }
 
+template <class T>
+Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, int64_t i0,
+                        int64_t i1) {
+  const Moments mo = NchwUnitPasses<false>(shape, x, k, i0, i1);
+  if (Finite(mo)) return mo;
+  return Unscale<param_t<T>>(NchwUnitPasses<true>(shape, x, k, i0, i1));
+}
+
 // Per-channel mean and M2 of rows [r0, r1), centered on a pilot mean mu: the
 // mean of the unit's first pilot_rows rows, whose sum pass leaves them in
 // cache (for a long unit, one pass over the rest). Those p rows average to mu, so
 // (mu - mean)^2 <= var * rows / p: the cancellation in
 // M2 = sum (x - mu)^2 - (sum (x - mu))^2 / rows is bounded whatever the data,
 // unlike a raw sum of squares.
-template <class T>
-void RowsUnitMoments(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
-                     param_t<T>* mu, double* dev) {
+template <bool kScaled, class T>
+void RowsUnitPasses(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
+                    param_t<T>* mu, double* dev) {
   using P = param_t<T>;
   PrefetchRows(x, c, r0, r1);
   std::fill(mean, mean + c, 0.0);
   std::fill(m2, m2 + c, 0.0);
   std::fill(dev, dev + c, 0.0);
   const int64_t pilot_end = r0 + pilot_rows(r1 - r0);
-  const int64_t tail =
-      ForBlocks<T>(c, [&]<int NV>(int64_t k0) { SumBlock<NV>(x, c, k0, r0, pilot_end, mean); });
+  const int64_t tail = ForBlocks<T>(
+      c, [&]<int NV>(int64_t k0) { SumBlock<NV, kScaled>(x, c, k0, r0, pilot_end, mean); });
   for (int64_t r = r0; r < pilot_end; ++r)
-    for (int64_t k = tail; k < c; ++k) mean[k] += double(Widen(x[r * c + k]));
+    for (int64_t k = tail; k < c; ++k) mean[k] += double(WidenScaled<kScaled>(x[r * c + k]));
   const double inv_pilot = 1.0 / double(pilot_end - r0);
   for (int64_t k = 0; k < c; ++k) mu[k] = P(mean[k] * inv_pilot);
-  ForBlocks<T>(c, [&]<int NV>(int64_t k0) { CenteredBlock<NV>(x, c, k0, r0, r1, mu, dev, m2); });
+  ForBlocks<T>(
+      c, [&]<int NV>(int64_t k0) { CenteredBlock<NV, kScaled>(x, c, k0, r0, r1, mu, dev, m2); });
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t k = tail; k < c; ++k) {
-      const double e = double(Widen(x[r * c + k]) - mu[k]);
+      const double e = double(WidenScaled<kScaled>(x[r * c + k]) - mu[k]);
       dev[k] += e;
       m2[k] += e * e;
     }
@@ -114,6 +123,26 @@ void RowsUnitMoments(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean
     mean[k] = double(mu[k]) + d;
     m2[k] -= dev[k] * d;
   }
+}
+
+// RowsUnitPasses, with the overflow fallback for the channels that need it
+// (prescaling the others would flush their small values to zero).
+template <class T>
+void RowsUnitMoments(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
+                     param_t<T>* mu, double* dev) {
+  RowsUnitPasses<false>(x, c, r0, r1, mean, m2, mu, dev);
+  bool finite = true;
+  for (int64_t k = 0; k < c; ++k) finite &= Finite({0, mean[k], m2[k]});
+  if (finite) return;
+  const size_t n = size_t(c);
+  std::vector<double> scaled_mean(n), scaled_m2(n);
+  RowsUnitPasses<true>(x, c, r0, r1, scaled_mean.data(), scaled_m2.data(), mu, dev);
+  for (int64_t k = 0; k < c; ++k)
+    if (!Finite({0, mean[k], m2[k]})) {
+      const Moments mo = Unscale<param_t<T>>({0, scaled_mean[size_t(k)], scaled_m2[size_t(k)]});
+      mean[k] = mo.mean;
+      m2[k] = mo.m2;
+    }
 }
 
 template <class T>
