@@ -165,47 +165,76 @@ HWY_INLINE param_t<T> Widen(T v) {
   return param_t<T>(v);
 }
 
-// ---- overflow fallback of the statistics ----
+// ---- range fallbacks of the statistics ----
 //
-// The moments are summed in P's lanes: float32 values more than about 1e19
-// from the unit's pilot mean overflow float's squares (and values near
-// FLT_MAX its sums), although double would hold every result. Such a unit
-// (any non-finite mean or M2) is summed again with every value scaled by
-// 2^-kPrescale<P> on load, and the moments scaled back in double. Powers of
-// two scale exactly; only values that become subnormal (below 2^-54 in
-// float) lose bits, and a unit that overflowed has deviations beyond 2^60,
-// so those bits are far below its rounding. Scaled, |x| <= 2^56, the
-// deviations' squares <= 2^116 and a lane's few dozen of them stay finite.
-// The ordinary path pays only a test per unit. For double the same holds
-// with 2^-540, up to M2 itself leaving double's range.
+// The moments are summed in P's lanes. At the top of float's range, values
+// more than about 1e19 from the unit's pilot mean overflow float's squares
+// (and values near FLT_MAX its sums), although double would hold every
+// result. At the bottom, deviations below about 1e-19 square into float's
+// subnormals and lose their bits (a variance of 1e-45 comes out 10% off),
+// which matters where eps is as small. Such a unit is summed again with
+// every value scaled on load by a power of two, and the moments scaled
+// back in double:
+//  - kScale = -1, a non-finite mean or M2: by 2^-kShiftDown. Only values
+//    that become subnormal (below 2^-54 in float) lose bits, and a unit
+//    that overflowed has deviations beyond 2^60, far above those bits.
+//    Scaled, |x| <= 2^56 and a lane's few dozen squares stay finite.
+//  - kScale = +1, var < kTinyVar: by 2^kShiftUp, kept if finite (values
+//    beyond 2^64 overflow then; their unit keeps the first result). Not for
+//    a channel of zeros; a channel of values below 2^-75 summing to exactly
+//    0 is taken for one (its variance, below 1e-45, matters only where eps
+//    is smaller still).
+// The ordinary path pays one test per unit. For double the same holds at
+// double's ends, up to M2 itself leaving double's range.
 template <class P>
-constexpr int kPrescale = std::is_same_v<P, double> ? 540 : 72;
+constexpr int kShiftDown = std::is_same_v<P, double> ? 540 : 72;
+template <class P>
+constexpr int kShiftUp = std::is_same_v<P, double> ? 512 : 64;
+template <class P>
+inline const double kTinyVar = std::is_same_v<P, double> ? 0x1p-960 : 0x1p-100;
+template <int kScale, class P>
+constexpr int kShift = kScale<0 ? -kShiftDown<P> : kScale> 0 ? kShiftUp<P> : 0;
 
-// x, or x * 2^-kPrescale where kScaled.
-template <bool kScaled, class T, class D>
+// x * 2^kShift<kScale>.
+template <int kScale, class T, class D>
 HWY_INLINE hn::Vec<D> LoadScaled(D d, const T* HWY_RESTRICT p) {
-  if constexpr (kScaled) {
+  if constexpr (kScale != 0) {
     using P = hn::TFromD<D>;
-    return hn::Mul(LoadT(d, p), hn::Set(d, P(std::ldexp(P(1), -kPrescale<P>))));
+    return hn::Mul(LoadT(d, p), hn::Set(d, P(std::ldexp(P(1), kShift<kScale, P>))));
   } else {
     return LoadT(d, p);
   }
 }
-template <bool kScaled, class T>
+template <int kScale, class T>
 HWY_INLINE param_t<T> WidenScaled(T v) {
   using P = param_t<T>;
-  if constexpr (kScaled) {
-    return P(v) * P(std::ldexp(P(1), -kPrescale<P>));
+  if constexpr (kScale != 0) {
+    return P(v) * P(std::ldexp(P(1), kShift<kScale, P>));
   } else {
     return P(v);
   }
 }
 // Moments of scaled values back to the values' own.
-template <class P>
+template <int kScale, class P>
 HWY_INLINE Moments Unscale(Moments mo) {
-  return {mo.count, std::ldexp(mo.mean, kPrescale<P>), std::ldexp(mo.m2, 2 * kPrescale<P>)};
+  return {mo.count, std::ldexp(mo.mean, -kShift<kScale, P>),
+          std::ldexp(mo.m2, -2 * kShift<kScale, P>)};
 }
 HWY_INLINE bool Finite(const Moments& mo) { return std::isfinite(mo.mean) && std::isfinite(mo.m2); }
+// Which pass a unit's first moments call for: 0 none, -1 or +1 (above).
+template <class P>
+HWY_INLINE int RescaleOf(const Moments& mo) {
+  if (!Finite(mo)) return -1;
+  // M2 <= 0 is where every square underflowed (or cancelled); all zeros (a
+  // dead ReLU's channel) is left alone, a constant channel summed again.
+  return mo.m2 < kTinyVar<P> * mo.count && (mo.m2 != 0 || mo.mean != 0) ? 1 : 0;
+}
+// The moments to keep: the scaled pass's (unscaled) if it is finite.
+template <int kScale, class P>
+HWY_INLINE Moments Rescued(const Moments& first, const Moments& scaled) {
+  const Moments mo = Unscale<kScale, P>(scaled);
+  return kScale < 0 || Finite(mo) ? mo : first;
+}
 
 // Contiguous elements summed in float lanes before the sum moves to double
 // (at most 32 terms a lane with 16 lanes and 4 accumulators).
@@ -311,8 +340,8 @@ HWY_INLINE void FlushBlock(D d, hn::Vec<D> (&acc)[4], double* HWY_RESTRICT total
   }
 }
 
-// total[k0 + i] += sum over rows of x[r, k0 + i] (prescaled where kScaled).
-template <int NV, bool kScaled = false, class T>
+// total[k0 + i] += sum over rows of x[r, k0 + i] (scaled by kScale).
+template <int NV, int kScale = 0, class T>
 void SumBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
               double* HWY_RESTRICT total) {
   const DA<T> d;
@@ -325,15 +354,15 @@ void SumBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_
     for (int64_t r = rb; r < re; ++r) {
       const T* HWY_RESTRICT row = x + r * c + k0;
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], LoadScaled<kScaled>(d, row + v * N));
+      for (int v = 0; v < NV; ++v) acc[v] = hn::Add(acc[v], LoadScaled<kScale>(d, row + v * N));
     }
     FlushBlock<NV>(d, acc, total + k0);
   }
 }
 
 // dev[k] += sum (x - mu_k), sq[k] += sum (x - mu_k)^2 for the block's
-// channels (x prescaled where kScaled; mu then is too).
-template <int NV, bool kScaled = false, class T>
+// channels (x scaled by kScale; mu then is too).
+template <int NV, int kScale = 0, class T>
 void CenteredBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, int64_t r1,
                    const param_t<T>* HWY_RESTRICT mu, double* HWY_RESTRICT dev,
                    double* HWY_RESTRICT sq) {
@@ -352,7 +381,7 @@ void CenteredBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t r0, i
       const T* HWY_RESTRICT row = x + r * c + k0;
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        const auto e = hn::Sub(LoadScaled<kScaled>(d, row + v * N), vmu[v]);
+        const auto e = hn::Sub(LoadScaled<kScale>(d, row + v * N), vmu[v]);
         s[v] = hn::Add(s[v], e);
         q[v] = hn::MulAdd(e, e, q[v]);
       }

@@ -126,28 +126,32 @@ void ColumnForward(const T* HWY_RESTRICT x, T* HWY_RESTRICT y, int64_t c, int64_
     CenteredBlock<NV>(x, c, k0, 0, m, mu, dev, sq);
   }
   Moments mo[4 * hn::MaxLanes(DA<T>())];
-  bool finite = true;
+  bool down = false, up = false;
   for (int64_t k = k0; k < k0 + W; ++k) {
     const double e = dev[k] / double(m);
     mo[k - k0] = {double(m), double(mu[k]) + e, sq[k] - dev[k] * e};
-    finite &= Finite(mo[k - k0]);
+    down |= RescaleOf<P>(mo[k - k0]) < 0;
+    up |= RescaleOf<P>(mo[k - k0]) > 0;
   }
-  if (!finite) {
-    // The overflow fallback (fast_common-inl.h), for the channels that
-    // need it: the pilot-centered passes again on prescaled values.
+  // The range fallbacks (fast_common-inl.h), for the channels that need
+  // them: the pilot-centered passes again on scaled values.
+  const auto redo = [&]<int kScale>() {
     std::vector<P> scaled_mu(static_cast<size_t>(c));
     std::fill(sum + k0, sum + k0 + W, 0.0);
     std::fill(dev + k0, dev + k0 + W, 0.0);
     std::fill(sq + k0, sq + k0 + W, 0.0);
-    SumBlock<NV, true>(x, c, k0, 0, pilot, sum);
+    SumBlock<NV, kScale>(x, c, k0, 0, pilot, sum);
     for (int64_t k = k0; k < k0 + W; ++k) scaled_mu[size_t(k)] = P(sum[k] / double(pilot));
-    CenteredBlock<NV, true>(x, c, k0, 0, m, scaled_mu.data(), dev, sq);
+    CenteredBlock<NV, kScale>(x, c, k0, 0, m, scaled_mu.data(), dev, sq);
     for (int64_t k = k0; k < k0 + W; ++k) {
+      if (RescaleOf<P>(mo[k - k0]) != kScale) continue;
       const double e = dev[k] / double(m);
-      if (!Finite(mo[k - k0]))
-        mo[k - k0] = Unscale<P>({double(m), double(scaled_mu[size_t(k)]) + e, sq[k] - dev[k] * e});
+      mo[k - k0] = Rescued<kScale, P>(
+          mo[k - k0], {double(m), double(scaled_mu[size_t(k)]) + e, sq[k] - dev[k] * e});
     }
-  }
+  };
+  if (down) redo.template operator()<-1>();
+  if (up) redo.template operator()<1>();
   for (int64_t k = k0; k < k0 + W; ++k)
     finish_forward_channel(out, double(m), k, mo[k - k0].mean, mo[k - k0].m2 / double(m), mu[k],
                            scale[k], shift[k]);

@@ -25,8 +25,8 @@ namespace bnorm::cpu {
 namespace HWY_NAMESPACE {
 
 // Moments of channel k over samples [i0, i1): a sum pass, then a centered
-// pass that rereads the unit from cache (of values prescaled where kScaled).
-template <bool kScaled, class T>
+// pass that rereads the unit from cache (of values scaled by kScale).
+template <int kScale, class T>
 Moments NchwUnitPasses(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, int64_t i0,
                        int64_t i1) {
   using P = param_t<T>;
@@ -38,10 +38,10 @@ Moments NchwUnitPasses(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, i
   ForPlanes<T>(
       shape, k, i0, i1,
       [&](int64_t j0, int64_t j1) {
-        a0 = hn::Add(a0, LoadScaled<kScaled>(d, x + j0));
-        if (j1 >= 0) a1 = hn::Add(a1, LoadScaled<kScaled>(d, x + j1));
+        a0 = hn::Add(a0, LoadScaled<kScale>(d, x + j0));
+        if (j1 >= 0) a1 = hn::Add(a1, LoadScaled<kScale>(d, x + j1));
       },
-      [&](int64_t j) { ta += WidenScaled<kScaled>(x[j]); },
+      [&](int64_t j) { ta += WidenScaled<kScale>(x[j]); },
       [&] {
         sum += Total(d, a0, a1, z, z) + double(ta);
         a0 = a1 = z;
@@ -56,17 +56,17 @@ Moments NchwUnitPasses(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, i
   ForPlanes<T>(
       shape, k, i0, i1,
       [&](int64_t j0, int64_t j1) {
-        const VA<T> e0 = hn::Sub(LoadScaled<kScaled>(d, x + j0), vmu);
+        const VA<T> e0 = hn::Sub(LoadScaled<kScale>(d, x + j0), vmu);
         s0 = hn::Add(s0, e0);
         q0 = hn::MulAdd(e0, e0, q0);
         if (j1 >= 0) {
-          const VA<T> e1 = hn::Sub(LoadScaled<kScaled>(d, x + j1), vmu);
+          const VA<T> e1 = hn::Sub(LoadScaled<kScale>(d, x + j1), vmu);
           s1 = hn::Add(s1, e1);
           q1 = hn::MulAdd(e1, e1, q1);
         }
       },
       [&](int64_t j) {
-        const P e = WidenScaled<kScaled>(x[j]) - mu;
+        const P e = WidenScaled<kScale>(x[j]) - mu;
         ts += e;
         tq += e * e;
       },
@@ -83,9 +83,16 @@ Moments NchwUnitPasses(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, i
 template <class T>
 Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, int64_t i0,
                         int64_t i1) {
-  const Moments mo = NchwUnitPasses<false>(shape, x, k, i0, i1);
-  if (Finite(mo)) return mo;
-  return Unscale<param_t<T>>(NchwUnitPasses<true>(shape, x, k, i0, i1));
+  using P = param_t<T>;
+  const Moments mo = NchwUnitPasses<0>(shape, x, k, i0, i1);
+  switch (RescaleOf<P>(mo)) {
+    case -1:
+      return Rescued<-1, P>(mo, NchwUnitPasses<-1>(shape, x, k, i0, i1));
+    case 1:
+      return Rescued<1, P>(mo, NchwUnitPasses<1>(shape, x, k, i0, i1));
+    default:
+      return mo;
+  }
 }
 
 // Per-channel mean and M2 of rows [r0, r1), centered on a pilot mean mu: the
@@ -94,7 +101,7 @@ Moments NchwUnitMoments(const Shape& shape, const T* HWY_RESTRICT x, int64_t k, 
 // (mu - mean)^2 <= var * rows / p: the cancellation in
 // M2 = sum (x - mu)^2 - (sum (x - mu))^2 / rows is bounded whatever the data,
 // unlike a raw sum of squares.
-template <bool kScaled, class T>
+template <int kScale, class T>
 void RowsUnitPasses(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
                     param_t<T>* mu, double* dev) {
   using P = param_t<T>;
@@ -104,16 +111,16 @@ void RowsUnitPasses(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean,
   std::fill(dev, dev + c, 0.0);
   const int64_t pilot_end = r0 + pilot_rows(r1 - r0);
   const int64_t tail = ForBlocks<T>(
-      c, [&]<int NV>(int64_t k0) { SumBlock<NV, kScaled>(x, c, k0, r0, pilot_end, mean); });
+      c, [&]<int NV>(int64_t k0) { SumBlock<NV, kScale>(x, c, k0, r0, pilot_end, mean); });
   for (int64_t r = r0; r < pilot_end; ++r)
-    for (int64_t k = tail; k < c; ++k) mean[k] += double(WidenScaled<kScaled>(x[r * c + k]));
+    for (int64_t k = tail; k < c; ++k) mean[k] += double(WidenScaled<kScale>(x[r * c + k]));
   const double inv_pilot = 1.0 / double(pilot_end - r0);
   for (int64_t k = 0; k < c; ++k) mu[k] = P(mean[k] * inv_pilot);
   ForBlocks<T>(
-      c, [&]<int NV>(int64_t k0) { CenteredBlock<NV, kScaled>(x, c, k0, r0, r1, mu, dev, m2); });
+      c, [&]<int NV>(int64_t k0) { CenteredBlock<NV, kScale>(x, c, k0, r0, r1, mu, dev, m2); });
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t k = tail; k < c; ++k) {
-      const double e = double(WidenScaled<kScaled>(x[r * c + k]) - mu[k]);
+      const double e = double(WidenScaled<kScale>(x[r * c + k]) - mu[k]);
       dev[k] += e;
       m2[k] += e * e;
     }
@@ -125,24 +132,36 @@ void RowsUnitPasses(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean,
   }
 }
 
-// RowsUnitPasses, with the overflow fallback for the channels that need it
-// (prescaling the others would flush their small values to zero).
+// RowsUnitPasses, with the range fallbacks for the channels that need them
+// (scaling the others could flush their small values to zero, or overflow).
 template <class T>
 void RowsUnitMoments(const T* x, int64_t c, int64_t r0, int64_t r1, double* mean, double* m2,
                      param_t<T>* mu, double* dev) {
-  RowsUnitPasses<false>(x, c, r0, r1, mean, m2, mu, dev);
-  bool finite = true;
-  for (int64_t k = 0; k < c; ++k) finite &= Finite({0, mean[k], m2[k]});
-  if (finite) return;
+  using P = param_t<T>;
+  RowsUnitPasses<0>(x, c, r0, r1, mean, m2, mu, dev);
+  const double count = double(r1 - r0);
+  bool down = false, up = false;
+  for (int64_t k = 0; k < c; ++k) {
+    const int r = RescaleOf<P>({count, mean[k], m2[k]});
+    down |= r < 0;
+    up |= r > 0;
+  }
+  if (!down && !up) return;
   const size_t n = size_t(c);
   std::vector<double> scaled_mean(n), scaled_m2(n);
-  RowsUnitPasses<true>(x, c, r0, r1, scaled_mean.data(), scaled_m2.data(), mu, dev);
-  for (int64_t k = 0; k < c; ++k)
-    if (!Finite({0, mean[k], m2[k]})) {
-      const Moments mo = Unscale<param_t<T>>({0, scaled_mean[size_t(k)], scaled_m2[size_t(k)]});
+  const auto redo = [&]<int kScale>() {
+    RowsUnitPasses<kScale>(x, c, r0, r1, scaled_mean.data(), scaled_m2.data(), mu, dev);
+    for (int64_t k = 0; k < c; ++k) {
+      const Moments first{count, mean[k], m2[k]};
+      if (RescaleOf<P>(first) != kScale) continue;
+      const Moments mo =
+          Rescued<kScale, P>(first, {count, scaled_mean[size_t(k)], scaled_m2[size_t(k)]});
       mean[k] = mo.mean;
       m2[k] = mo.m2;
     }
+  };
+  if (down) redo.template operator()<-1>();
+  if (up) redo.template operator()<1>();
 }
 
 template <class T>
