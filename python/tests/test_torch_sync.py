@@ -3,6 +3,7 @@ file system rendezvous), 2 and 4 processes: see sync_workers.py for what
 each rank checks."""
 
 import os
+import time
 
 import pytest
 import torch.multiprocessing as mp
@@ -32,6 +33,41 @@ def test_mismatched_ranks_all_raise_the_same_error(tmp_path):
     # counts disagree, and every rank says so in the same words.
     assert len({line[1] for line in lines}) == 1
     assert "channel counts differ across ranks: [3.0, 4.0, 4.0]" in lines[0][1]
+
+
+@pytest.mark.parametrize("via", ["group", "module"])
+@pytest.mark.parametrize("scenario", ["eval", "skip"])
+def test_rank_left_waiting_raises_instead_of_hanging(scenario, via, tmp_path):
+    """Rank 0 does not enter a collective the others wait in: every other rank raises
+    SyncTimeoutError after the timeout (and within twice it), rank 0 nothing, and the
+    job ends: the time limit here proves that nothing hangs."""
+    world, timeout, limit = 3, sync_workers.STALL_TIMEOUT, 120.0
+    start = time.monotonic()
+    context = mp.start_processes(
+        sync_workers.stall, nprocs=world, join=False, start_method="spawn",
+        args=(world, str(tmp_path / "rendezvous"), str(tmp_path), scenario, via))
+    while not context.join(timeout=1.0):
+        if time.monotonic() - start > limit:
+            for p in context.processes:
+                p.kill()
+            pytest.fail(f"still running after {limit} s: a rank hangs")
+    results = {}
+    for r in range(world):
+        outcome, elapsed, step, message = open(tmp_path / f"rank{r}.txt").read().split("\n", 3)
+        results[r] = (outcome, float(elapsed), int(step), message.strip())
+    print(f"{scenario}/{via}: " + ", ".join(f"rank {r}: {o} after {e:.2f} s"
+                                            for r, (o, e, _, _) in results.items()))
+    assert results[0][0] == "no error", results[0]
+    for r in range(1, world):
+        outcome, elapsed, step, message = results[r]
+        assert outcome == "SyncTimeoutError", (r, outcome, message)
+        assert timeout * 0.9 <= elapsed <= 2 * timeout, (r, elapsed)
+        # The skipping rank's third forward met the others' second: the third waits.
+        assert step == (1 if scenario == "eval" else 3), (r, step)
+        assert message.startswith("bnorm.torch.SyncBatchNorm.forward: waited "), message
+        assert "process group of size 3" in message, message
+        limit_text = ("timeout 2 s" if via == "module" else "the process group's timeout of 2 s")
+        assert limit_text in message, message
 
 
 def test_torchvision_model_and_ddp_training(tmp_path):
