@@ -83,3 +83,19 @@ def test_single_process_is_batch_norm():
     torch.testing.assert_close(a(x), b(x))
     torch.testing.assert_close(a.running_var, b.running_var)
     assert int(a.num_batches_tracked) == 1
+
+
+def test_timeout_argument():
+    import datetime
+    import torch
+    import bnorm.torch as bt
+    assert bt.SyncBatchNorm(3, timeout=datetime.timedelta(seconds=5)).timeout.total_seconds() == 5
+    assert bt.SyncBatchNorm(3, timeout=2.5).timeout == 2.5
+    assert bt.SyncBatchNorm(3).timeout is None
+    for bad in (0, -1.0, float("nan"), datetime.timedelta(0)):
+        with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+            bt.SyncBatchNorm(3, timeout=bad)
+    converted = bt.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(bt.BatchNorm2d(3)),
+                                                        timeout=7)
+    assert converted[0].timeout == 7
+    assert issubclass(bt.SyncTimeoutError, RuntimeError)
