@@ -107,6 +107,9 @@ typename BatchNormState<T>::Gradients BatchNormState<T>::gradient_buffers(size_t
 
 template <class T>
 void BatchNormState<T>::backward_through_running_stats(std::span<const T> dy, Gradients& g) const {
+  // A rank of a synchronized layer may hold no samples: dx is empty and
+  // dweight, dbias are sums over nothing, the zeros they hold already.
+  if (cache_.shape.n == 0) return;
   backward_frozen_moments(cache_.shape, dy.data(), cache_.x.data(),
                           affine_ ? weight_.data() : nullptr, cache_.mean.data(),
                           cache_.invstd.data(), g.dx.data(), data_or_null(g.dweight),
