@@ -35,12 +35,13 @@ def test_mismatched_ranks_all_raise_the_same_error(tmp_path):
     assert "channel counts differ across ranks: [3.0, 4.0, 4.0]" in lines[0][1]
 
 
-@pytest.mark.parametrize("via", ["group", "module"])
-@pytest.mark.parametrize("scenario", ["eval", "skip"])
+@pytest.mark.parametrize("scenario, via", [("eval", "group"), ("eval", "module"),
+                                           ("skip", "group"), ("skip", "module"),
+                                           ("backward", "module")])
 def test_rank_left_waiting_raises_instead_of_hanging(scenario, via, tmp_path):
-    """Rank 0 does not enter a collective the others wait in: every other rank raises
-    SyncTimeoutError after the timeout (and within twice it), rank 0 nothing, and the
-    job ends: the time limit here proves that nothing hangs."""
+    """Rank 0 does not enter a collective the others wait in (forward or backward):
+    every other rank raises SyncTimeoutError after the timeout (and within twice it),
+    rank 0 nothing, and the job ends: the time limit here proves that nothing hangs."""
     world, timeout, limit = 3, sync_workers.STALL_TIMEOUT, 120.0
     start = time.monotonic()
     context = mp.start_processes(
@@ -63,8 +64,9 @@ def test_rank_left_waiting_raises_instead_of_hanging(scenario, via, tmp_path):
         assert outcome == "SyncTimeoutError", (r, outcome, message)
         assert timeout * 0.9 <= elapsed <= 2 * timeout, (r, elapsed)
         # The skipping rank's third forward met the others' second: the third waits.
-        assert step == (1 if scenario == "eval" else 3), (r, step)
-        assert message.startswith("bnorm.torch.SyncBatchNorm.forward: waited "), message
+        assert step == (3 if scenario == "skip" else 1), (r, step)
+        call = "backward" if scenario == "backward" else "forward"
+        assert message.startswith(f"bnorm.torch.SyncBatchNorm.{call}: waited "), message
         assert "process group of size 3" in message, message
         limit_text = ("timeout 2 s" if via == "module" else "the process group's timeout of 2 s")
         assert limit_text in message, message
