@@ -36,5 +36,6 @@ from .fused import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d, batch_norm_ac
 from . import onnx as _onnx  # registers the ONNX symbolic
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "SyncTimeoutError",
-           "batch_norm", "convert", "library_path", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d",
-           "GhostBatchNorm2d", "GhostBatchNorm3d", "renorm_schedule"]
+           "batch_norm", "convert", "library_path", "BatchRenorm1d", "BatchRenorm2d",
+           "BatchRenorm3d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d",
+           "renorm_schedule"]
