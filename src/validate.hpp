@@ -28,6 +28,15 @@ inline void check_shape(const char* fn, const Shape& shape) {
                  ", c=" + std::to_string(shape.c) + ", s=" + std::to_string(shape.s) + ")");
 }
 
+// A rank's or process's slice of a distributed batch may hold zero samples;
+// c, s and the layout are checked as check_shape checks them.
+inline void check_local_shape(const char* fn, const Shape& shape) {
+  if (shape.n < 0) fail(fn, "shape.n must be >= 0, got " + std::to_string(shape.n));
+  Shape probe = shape;
+  probe.n = shape.n == 0 ? 1 : shape.n;
+  check_shape(fn, probe);
+}
+
 inline void check_eps(const char* fn, double eps) {
   if (!std::isfinite(eps) || eps <= 0)
     fail(fn, "eps must be finite and > 0, got " + std::to_string(eps));

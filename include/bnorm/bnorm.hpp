@@ -208,17 +208,16 @@ void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy,
                     const param_t<T>* weight, const param_t<T>* save_mean,
                     const param_t<T>* save_invstd, T* dx, param_t<T>* dweight, param_t<T>* dbias);
 
-// The layer as a network uses it: owns gamma, beta, the running statistics
-// and the batch counter, switches between train() and eval(), and caches in
-// forward what backward needs.
+// What every batch-norm layer keeps, whether it normalizes over one
+// process's batch (BatchNorm) or over all ranks' batches together
+// (mpi::SyncBatchNorm): gamma, beta, the running statistics and the batch
+// counter, the train/eval switch, and what the last forward cached for
+// backward. The layers differ only in how they compute the batch statistics
+// and the gradient through them; the rest of a step is here, once.
 template <class T>
-class BatchNorm {
+class BatchNormState {
  public:
   using param_type = param_t<T>;  // weights, statistics and their gradients
-
-  // momentum = nullopt: cumulative moving average of the running statistics.
-  explicit BatchNorm(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
-                     bool affine = true, bool track_running_stats = true);
 
   void train(bool on = true) { training_ = on; }
   void eval() { training_ = false; }
@@ -227,26 +226,12 @@ class BatchNorm {
   // Options::unbiased_running_var for the running-statistics updates.
   void set_unbiased_running_var(bool on) { unbiased_running_var_ = on; }
   bool unbiased_running_var() const { return unbiased_running_var_; }
-  // Ghost batch norm in training mode (ghost_forward_training); 0, the
-  // default, normalizes over the whole batch. num_batches_tracked then
-  // counts groups. Throws std::invalid_argument for 1 or a negative size.
-  void set_virtual_batch_size(int64_t virtual_batch_size);
-  int64_t virtual_batch_size() const { return virtual_batch_size_; }
-
-  // y for x of the given shape (shape.c must equal num_features). In training
-  // mode, uses and updates batch statistics; in eval mode, the running ones
-  // (or batch statistics when running statistics are not tracked, as
-  // PyTorch does).
-  std::vector<T> forward(const Shape& shape, std::span<const T> x);
 
   struct Gradients {
     std::vector<T> dx;
     std::vector<param_type> dweight;  // empty when the layer is not affine
     std::vector<param_type> dbias;
   };
-  // Gradients for dy of the shape of the last forward. In training mode the
-  // gradient flows through the batch mean and variance.
-  Gradients backward(std::span<const T> dy) const;
 
   int64_t num_features() const { return c_; }
   double eps() const { return eps_; }
@@ -263,6 +248,57 @@ class BatchNorm {
   std::span<const param_type> running_mean() const { return running_mean_; }
   std::span<const param_type> running_var() const { return running_var_; }
 
+ protected:
+  // Validates the settings; errors name the layer `fn`.
+  BatchNormState(const char* fn, int64_t num_features, double eps, std::optional<double> momentum,
+                 bool affine, bool track_running_stats);
+  // Protected: the state is only ever a part of a layer, never deleted on its own.
+  ~BatchNormState() = default;
+  BatchNormState(const BatchNormState&) = default;
+  BatchNormState(BatchNormState&&) = default;
+  BatchNormState& operator=(const BatchNormState&) = default;
+  BatchNormState& operator=(BatchNormState&&) = default;
+
+  // One forward's buffers and settings. `groups` sets of statistics (ghost
+  // batch norm normalizes each group of samples with its own).
+  struct Step {
+    bool batch_statistics;  // training, or eval without running statistics
+    Options options;        // for the running-statistics update of this step
+    const param_type* weight;
+    const param_type* bias;
+    param_type* running_mean;  // null unless this step updates them
+    param_type* running_var;
+    std::vector<T> y;
+    std::vector<param_type> mean, invstd;
+  };
+  Step begin_step(size_t numel, int64_t groups);
+  // Eval with running statistics: y, and the mean and invstd backward uses.
+  void normalize_with_running_stats(const Shape& shape, std::span<const T> x, Step& step) const;
+  // Counts the batches the step's update averaged in, caches the step for
+  // backward and returns y. Call only once the step has succeeded.
+  std::vector<T> finish_step(const Shape& shape, std::span<const T> x, Step&& step, int64_t groups);
+
+  // Input checks that need no collective; `fn` names the caller.
+  void check_features(const char* fn, const Shape& shape, size_t x_size) const;
+  void check_gradient(const char* fn, size_t dy_size) const;
+
+  // What backward needs from the last forward.
+  struct Cache {
+    bool valid = false;
+    bool batch_statistics = false;  // normalized with batch statistics
+    Shape shape{};
+    std::vector<T> x;
+    std::vector<param_type> mean, invstd;
+  };
+  const Cache& cache() const { return cache_; }
+  // dx for dy's size; dweight and dbias when affine.
+  Gradients gradient_buffers(size_t numel) const;
+  // The cached eval step's gradient: mean and invstd are constants.
+  void backward_through_running_stats(std::span<const T> dy, Gradients& g) const;
+  static param_type* data_or_null(std::vector<param_type>& v) {
+    return v.empty() ? nullptr : v.data();
+  }
+
  private:
   int64_t c_;
   double eps_;
@@ -271,18 +307,49 @@ class BatchNorm {
   bool track_;
   bool training_ = true;
   bool unbiased_running_var_ = true;
-  int64_t virtual_batch_size_ = 0;
   int64_t num_batches_tracked_ = 0;
   std::vector<param_type> weight_, bias_, running_mean_, running_var_;
-  // What backward needs from the last forward.
-  Shape shape_{};
-  bool have_cache_ = false;
-  bool cache_batch_stats_ = false;        // normalized with batch statistics
-  int64_t cache_virtual_batch_size_ = 0;  // the groups of the last forward, 0: none
-  std::vector<T> x_;
-  std::vector<param_type> mean_, invstd_;
+  Cache cache_;
 };
 
+// The layer as a network uses it: owns gamma, beta, the running statistics
+// and the batch counter, switches between train() and eval(), and caches in
+// forward what backward needs.
+template <class T>
+class BatchNorm : public BatchNormState<T> {
+ public:
+  using typename BatchNormState<T>::param_type;
+  using typename BatchNormState<T>::Gradients;
+
+  // momentum = nullopt: cumulative moving average of the running statistics.
+  explicit BatchNorm(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
+                     bool affine = true, bool track_running_stats = true);
+
+  // Ghost batch norm in training mode (ghost_forward_training); 0, the
+  // default, normalizes over the whole batch. num_batches_tracked then
+  // counts groups. Throws std::invalid_argument for 1 or a negative size.
+  void set_virtual_batch_size(int64_t virtual_batch_size);
+  int64_t virtual_batch_size() const { return virtual_batch_size_; }
+
+  // y for x of the given shape (shape.c must equal num_features). In training
+  // mode, uses and updates batch statistics; in eval mode, the running ones
+  // (or batch statistics when running statistics are not tracked, as
+  // PyTorch does).
+  std::vector<T> forward(const Shape& shape, std::span<const T> x);
+
+  // Gradients for dy of the shape of the last forward. In training mode the
+  // gradient flows through the batch mean and variance.
+  Gradients backward(std::span<const T> dy) const;
+
+ private:
+  int64_t virtual_batch_size_ = 0;
+  int64_t cache_virtual_batch_size_ = 0;  // the groups of the last forward, 0: none
+};
+
+extern template class BatchNormState<float>;
+extern template class BatchNormState<double>;
+extern template class BatchNormState<bfloat16>;
+extern template class BatchNormState<float16>;
 extern template class BatchNorm<float>;
 extern template class BatchNorm<double>;
 extern template class BatchNorm<bfloat16>;

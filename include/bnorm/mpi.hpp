@@ -114,62 +114,28 @@ void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const
 // without running statistics) forward and backward are synchronized across
 // the communicator's ranks; in eval mode with running statistics the layer is
 // rank-local, like PyTorch's SyncBatchNorm. The communicator is not owned and
-// must outlive the layer's calls.
+// must outlive the layer's calls. The parameters, running statistics,
+// counter and settings are BatchNorm's own (BatchNormState); only the
+// statistics and gradient passes differ.
 template <class T>
-class SyncBatchNorm {
+class SyncBatchNorm : public BatchNormState<T> {
  public:
-  using param_type = param_t<T>;  // weights, statistics and their gradients
+  using typename BatchNormState<T>::param_type;
+  using typename BatchNormState<T>::Gradients;
 
   SyncBatchNorm(MPI_Comm comm, int64_t num_features, double eps = 1e-5,
                 std::optional<double> momentum = 0.1, bool affine = true,
                 bool track_running_stats = true);
 
-  void train(bool on = true) { training_ = on; }
-  void eval() { training_ = false; }
-  bool training() const { return training_; }
-
-  // Options::unbiased_running_var for the running-statistics updates.
-  void set_unbiased_running_var(bool on) { unbiased_running_var_ = on; }
-  bool unbiased_running_var() const { return unbiased_running_var_; }
-
   // x: this rank's slice (shape.n may be 0).
   std::vector<T> forward(const Shape& shape, std::span<const T> x);
 
-  using Gradients = typename BatchNorm<T>::Gradients;
   Gradients backward(std::span<const T> dy) const;
 
   MPI_Comm comm() const { return comm_; }
-  int64_t num_features() const { return c_; }
-  double eps() const { return eps_; }
-  std::optional<double> momentum() const { return momentum_; }
-  bool affine() const { return affine_; }
-  bool tracks_running_stats() const { return track_; }
-  int64_t num_batches_tracked() const { return num_batches_tracked_; }
-  std::span<param_type> weight() { return weight_; }
-  std::span<param_type> bias() { return bias_; }
-  std::span<param_type> running_mean() { return running_mean_; }
-  std::span<param_type> running_var() { return running_var_; }
-  std::span<const param_type> weight() const { return weight_; }
-  std::span<const param_type> bias() const { return bias_; }
-  std::span<const param_type> running_mean() const { return running_mean_; }
-  std::span<const param_type> running_var() const { return running_var_; }
 
  private:
   MPI_Comm comm_;
-  int64_t c_;
-  double eps_;
-  std::optional<double> momentum_;
-  bool affine_;
-  bool track_;
-  bool training_ = true;
-  bool unbiased_running_var_ = true;
-  int64_t num_batches_tracked_ = 0;
-  std::vector<param_type> weight_, bias_, running_mean_, running_var_;
-  Shape shape_{};
-  bool have_cache_ = false;
-  bool cache_batch_stats_ = false;
-  std::vector<T> x_;
-  std::vector<param_type> mean_, invstd_;
 };
 
 extern template class SyncBatchNorm<float>;

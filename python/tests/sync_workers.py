@@ -195,3 +195,53 @@ def models(rank, world, rendezvous):
         if a.is_floating_point():
             close_to(a, b, torch.float64, f"DDP {name}", errors)
     close(errors)
+
+
+STALL_TIMEOUT = 2.0  # seconds
+
+
+def stall(rank, world, rendezvous, result_dir, scenario, via):
+    """Rank 0 leaves the others waiting: it runs in eval mode while they train
+    ("eval"), skips the second of three forwards ("skip"), or runs the forward but
+    not the backward ("backward"). The deadline is the process group's timeout
+    (via "group") or SyncBatchNorm's timeout argument ("module"; the group's is
+    then 60 s). Each rank writes what its calls raised and how long the one that
+    raised waited."""
+    init(rank, world, rendezvous)
+    dist.barrier()  # everyone is up: new_group's own rendezvous then takes no time
+    group_timeout = STALL_TIMEOUT if via == "group" else 60.0
+    group = dist.new_group(list(range(world)),
+                           timeout=datetime.timedelta(seconds=group_timeout))
+    m = bt.SyncBatchNorm(3, process_group=group,
+                         timeout=STALL_TIMEOUT if via == "module" else None)
+    x = torch.randn(4, 3, 2, 2, requires_grad=scenario == "backward")
+    if scenario == "eval" and rank == 0:
+        m.eval()
+    steps = ([1, 3] if rank == 0 else [1, 2, 3]) if scenario == "skip" else [1]
+    dist.barrier()  # the calls start together
+    outcome, elapsed, message, step = "no error", 0.0, "", 0
+    for step in steps:
+        start = time.monotonic()
+        try:
+            y = m(x)
+            if scenario == "backward" and rank != 0:
+                start = time.monotonic()
+                y.sum().backward()
+        except Exception as e:  # noqa: BLE001  (the test says which type it wanted)
+            outcome, message = type(e).__name__, str(e)
+            elapsed = time.monotonic() - start
+            break
+    with open(os.path.join(result_dir, f"rank{rank}.part"), "w") as f:
+        f.write(f"{outcome}\n{elapsed}\n{step}\n{message}\n")
+    os.rename(os.path.join(result_dir, f"rank{rank}.part"),
+              os.path.join(result_dir, f"rank{rank}.txt"))
+    if rank == 0:
+        # Stay alive until the others have given up: an exiting process closes its
+        # connections, and the others would see a closed socket instead of silence.
+        until = time.monotonic() + 10 * STALL_TIMEOUT
+        while time.monotonic() < until and not all(
+                os.path.exists(os.path.join(result_dir, f"rank{r}.txt")) for r in range(world)):
+            time.sleep(0.05)
+    # The group is broken (a collective is left half done): no barrier, no
+    # destroy_process_group, which could wait on it; leave at once.
+    os._exit(0)

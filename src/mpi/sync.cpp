@@ -8,31 +8,14 @@
 #include <string>
 #include <vector>
 
-#include "cpu/kernels.hpp"
 #include "cpu/renorm.hpp"
+#include "distributed_impl.hpp"
 #include "mpi/collectives.hpp"
 #include "mpi/sync_impl.hpp"
 #include "validate.hpp"
 
 namespace bnorm::mpi {
 namespace {
-
-double param(const auto* p, int64_t k, double fallback) {
-  return p == nullptr ? fallback : double(p[k]);
-}
-
-// The rank-local shape may hold zero samples; everything else as the core.
-void check_local_shape(const char* fn, const Shape& shape) {
-  if (shape.n < 0) detail::fail(fn, "shape.n must be >= 0, got " + std::to_string(shape.n));
-  if (shape.n == 0) {
-    // The core's checks want n >= 1; run them on one sample for c, s, layout.
-    Shape one = shape;
-    one.n = 1;
-    detail::check_shape(fn, one);
-  } else {
-    detail::check_shape(fn, shape);
-  }
-}
 
 // A pointer to numel values must be non-null unless there are none.
 void check_data(const char* fn, const Shape& shape, const void* p, const char* name) {
@@ -63,7 +46,6 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
                               param_t<T>* running_mean, param_t<T>* running_var,
                               const Options& options, const RenormLimits* renorm, param_t<T>* r,
                               param_t<T>* d) {
-  using P = param_t<T>;
   const Deadline deadline(comm, fn);
   Agreement mine;
   double factor = 0;
@@ -72,7 +54,7 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
   // waiting in the collective below forever.
   mine.local_error = local_error([&] {
     extra_check();
-    check_local_shape(fn, local);
+    detail::check_local_shape(fn, local);
     detail::check_eps(fn, options.eps);
     check_data(fn, local, x, "x");
     check_data(fn, local, y, "y");
@@ -97,50 +79,24 @@ void forward_training_checked(const char* fn, const std::function<void()>& extra
                  "a global n*s = " +
                      std::to_string(m_global));
 
-  const int64_t c = local.c;
-  const size_t cs = size_t(c);
-  const double m_local = double(local.m());
+  const size_t cs = size_t(local.c);
   std::vector<Moments> stats(cs);
   if (local.n > 0) {
-    std::vector<double> mean(cs), var(cs);
-    cpu::moments(local, x, mean.data(), var.data());
-    for (size_t k = 0; k < cs; ++k) stats[k] = {m_local, mean[k], var[k] * m_local};
+    std::vector<double> mean(cs), m2(cs);
+    distributed::impl::slice_moments(local, x, mean.data(), m2.data());
+    for (size_t k = 0; k < cs; ++k) stats[k] = {double(local.m()), mean[k], m2[k]};
   }
   // A rank without samples contributes (0, 0, 0), the identity of the merge.
   merge_moments(deadline, stats);
 
-  const double m = double(m_global);
-  std::vector<double> mean(cs), scale(cs), shift(cs), invstd(cs);
+  std::vector<double> mean(cs), var(cs);
   for (size_t k = 0; k < cs; ++k) {
     mean[k] = stats[k].mean;
-    const double var = stats[k].m2 / m;
-    invstd[k] = 1.0 / std::sqrt(var + options.eps);
-    double g = param(weight, int64_t(k), 1.0), b = param(bias, int64_t(k), 0.0);
-    if (renorm) {
-      // r and d from the global statistics and the running statistics
-      // before this step's update (the same on every rank).
-      const cpu::RenormCorrection rd =
-          cpu::renorm_correction(double(running_mean[k]), double(running_var[k]), mean[k], var,
-                                 options.eps, renorm->rmax, renorm->dmax);
-      if (r) r[k] = P(rd.r);
-      if (d) d[k] = P(rd.d);
-      cpu::fold_renorm(rd, g, b);
-    }
-    scale[k] = g * invstd[k];
-    shift[k] = b;
+    var[k] = stats[k].m2 / double(m_global);
   }
-  if (local.n > 0) cpu::normalize(local, x, mean.data(), scale.data(), shift.data(), y);
-  for (size_t k = 0; k < cs; ++k) {
-    if (save_mean) save_mean[k] = P(mean[k]);
-    if (save_invstd) save_invstd[k] = P(invstd[k]);
-    if (track) {
-      // The unbiased variance M2 / (m - 1) written as the core writes it.
-      const double var = stats[k].m2 / m;
-      running_mean[k] = P((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = P(cpu::running_var_update(double(running_var[k]), factor, var, m,
-                                                 options.unbiased_running_var));
-    }
-  }
+  distributed::impl::normalize_with_moments(local, x, weight, bias, mean.data(), var.data(),
+                                            m_global, y, save_mean, save_invstd, running_mean,
+                                            running_var, factor, options, {renorm, r, d});
 }
 
 template <class T>
@@ -154,7 +110,7 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
   Agreement mine;
   mine.local_error = local_error([&] {
     extra_check();
-    check_local_shape(fn, local);
+    detail::check_local_shape(fn, local);
     check_data(fn, local, dy, "dy");
     check_data(fn, local, x, "x");
     detail::check_not_null(fn, save_mean, "save_mean");
@@ -171,35 +127,25 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
   const int64_t m_global = agree(deadline, mine);
 
   const size_t cs = size_t(local.c);
-  std::vector<double> mean(cs), sum_dy(cs, 0.0), sum_dy_xmu(cs, 0.0);
-  for (size_t k = 0; k < cs; ++k) mean[k] = double(save_mean[k]);
-  if (local.n > 0)
-    cpu::backward_reduce(local, dy, x, mean.data(), sum_dy.data(), sum_dy_xmu.data());
+  std::vector<double> sum_dy(cs), sum_dy_xhat(cs);
+  distributed::impl::slice_backward_sums(local, dy, x, save_mean, save_invstd, sum_dy.data(),
+                                         sum_dy_xhat.data());
   std::vector<Sums> sums(cs);
-  for (size_t k = 0; k < cs; ++k) sums[k] = {sum_dy[k], sum_dy_xmu[k] * double(save_invstd[k])};
+  for (size_t k = 0; k < cs; ++k) sums[k] = {sum_dy[k], sum_dy_xhat[k]};
   sum_gradients(deadline, sums);
 
-  const double m = double(m_global);
-  std::vector<double> a(cs), b(cs), cc(cs);
   for (size_t k = 0; k < cs; ++k) {
-    const double invstd = double(save_invstd[k]);
-    double g = param(weight, int64_t(k), 1.0);
-    if (r) {
-      // Batch Renormalization: r and d are constants; weight * r scales.
-      const cpu::RenormCorrection rd{double(r[k]), double(d[k])};
-      if (dweight) dweight[k] = P(cpu::renorm_dweight(rd, sums[k].dy_xhat, sums[k].dy));
-      g *= rd.r;
-    } else if (dweight) {
-      dweight[k] = P(sums[k].dy_xhat);
-    }
+    sum_dy[k] = sums[k].dy;
+    sum_dy_xhat[k] = sums[k].dy_xhat;
     if (dbias) dbias[k] = P(sums[k].dy);
-    const double g_invstd = g * invstd;
-    a[k] = g_invstd;
-    b[k] = -g_invstd * invstd * sums[k].dy_xhat / m;
-    cc[k] = -g_invstd * sums[k].dy / m;
+    if (!dweight) continue;
+    // Batch Renormalization: x_hat is r * (batch norm's x_hat) + d.
+    dweight[k] =
+        r ? P(cpu::renorm_dweight({double(r[k]), double(d[k])}, sums[k].dy_xhat, sums[k].dy))
+          : P(sums[k].dy_xhat);
   }
-  if (dx && local.n > 0)
-    cpu::backward_dx(local, dy, x, mean.data(), a.data(), b.data(), cc.data(), dx);
+  distributed::impl::dx_from_sums(local, dy, x, weight, save_mean, save_invstd, sum_dy.data(),
+                                  sum_dy_xhat.data(), m_global, dx, r);
 }
 
 template <class T>

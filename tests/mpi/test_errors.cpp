@@ -159,6 +159,28 @@ TEST(SyncErrors, GlobalBatchOfOneValue) {
   expect_usable();
 }
 
+// Eval mode with running statistics is rank-local: a bad slice fails on its
+// own rank at once, naming the layer, and the others are not involved; a
+// slice without samples is allowed.
+TEST(SyncErrors, EvalModeChecksTheSliceLocally) {
+  mpi::SyncBatchNorm<double> layer(MPI_COMM_WORLD, 3);
+  layer.eval();
+  const Shape empty{0, 3, 2, Layout::NCHW};
+  EXPECT_TRUE(layer.forward(empty, {}).empty());
+  EXPECT_TRUE(layer.backward({}).dx.empty());
+  if (rank() == 0) {
+    const std::vector<double> x(6, 1.0);
+    for (const Shape& bad : {Shape{1, 3, 0, Layout::NCHW}, Shape{-1, 3, 2, Layout::NCHW}}) {
+      const std::string error = error_of([&] { layer.forward(bad, x); });
+      EXPECT_THAT(error, HasSubstr("bnorm::mpi::SyncBatchNorm::forward: shape."));
+      EXPECT_THAT(error,
+                  HasSubstr(bad.s == 0 ? "s must be >= 1, got 0" : "n must be >= 0, got -1"));
+    }
+  }
+  EXPECT_EQ(layer.num_batches_tracked(), 0);
+  expect_usable();
+}
+
 }  // namespace
 }  // namespace bnorm::test
 

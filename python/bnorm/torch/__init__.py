@@ -15,7 +15,8 @@ functorch's batching see them like any ATen operator. On top of them:
 - ``convert(module)``: every ``torch.nn.BatchNormXd`` in a model replaced by
   bnorm's, state and training flag carried over;
 - ``SyncBatchNorm``: torch.nn.SyncBatchNorm on the CPU, over torch.distributed
-  (gloo), with ``SyncBatchNorm.convert_sync_batchnorm``;
+  (gloo), with ``SyncBatchNorm.convert_sync_batchnorm``; a rank left waiting
+  raises ``SyncTimeoutError`` after the timeout;
 - an ONNX symbolic, so ``torch.onnx.export`` writes a standard
   ``BatchNormalization`` node for bnorm's op in eval mode.
 
@@ -30,10 +31,11 @@ from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .stats import (BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, GhostBatchNorm1d,
                     GhostBatchNorm2d, GhostBatchNorm3d, renorm_schedule)
-from .sync import SyncBatchNorm
+from .sync import SyncBatchNorm, SyncTimeoutError
 from .fused import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d, batch_norm_act, fold, fuse
 from . import onnx as _onnx  # registers the ONNX symbolic
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "batch_norm", "convert",
-           "library_path", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "GhostBatchNorm1d",
-           "GhostBatchNorm2d", "GhostBatchNorm3d", "renorm_schedule"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "SyncTimeoutError",
+           "batch_norm", "convert", "library_path", "BatchRenorm1d", "BatchRenorm2d",
+           "BatchRenorm3d", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d",
+           "renorm_schedule"]

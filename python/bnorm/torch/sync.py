@@ -24,9 +24,24 @@ running statistics) nothing is exchanged. Without an initialized process
 group, or in a group of one, it is bnorm's BatchNorm. Every rank of the
 group must call forward (and backward) in the same order, as with any
 collective.
+
+Timeouts: a rank that does not enter a call (in eval mode while the others
+train, one that skipped a forward, one that died) would leave the others
+waiting. Every collective is posted with async_op=True and waited for with a
+deadline: the module's `timeout` after the call started (seconds or a
+timedelta), or, by default, the process group's own timeout
+(init_process_group(..., timeout=...), 30 minutes unless set), which gloo
+enforces on each collective. When it passes, each waiting rank raises
+SyncTimeoutError naming the call, the group's size and the time waited. The
+process group is then unusable (a collective was left half done): the job
+must end or destroy and re-create it. BNORM_MPI_TIMEOUT_MS is the MPI
+layer's setting and is not read here: a torch.distributed job already sets
+one timeout for all its collectives (DDP's included) on the process group.
 """
 
-from typing import Optional
+import datetime
+import time
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -34,6 +49,57 @@ from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers torch.ops.bnorm)
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _running_factor
+
+
+class SyncTimeoutError(RuntimeError):
+    """A collective of bnorm.torch.SyncBatchNorm waited past its deadline: some rank of
+    the process group did not enter it. The process group cannot be used afterwards."""
+
+
+def _seconds(timeout) -> Optional[float]:
+    if timeout is None:
+        return None
+    seconds = (timeout.total_seconds() if isinstance(timeout, datetime.timedelta)
+               else float(timeout))
+    if not seconds > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return seconds
+
+
+class _Deadline:
+    """The time one call (all its collectives together) may wait for the other ranks."""
+
+    def __init__(self, call: str, group, timeout: Optional[float]):
+        self.call, self.group, self.timeout = call, group, timeout
+        self.start = time.monotonic()
+
+    def wait(self, work) -> None:
+        try:
+            if self.timeout is None:
+                work.wait()  # the process group's timeout (gloo raises when it passes)
+            else:
+                left = self.timeout - (time.monotonic() - self.start)
+                work.wait(datetime.timedelta(seconds=max(left, 1e-3)))
+        except RuntimeError as e:
+            # gloo says "Timed out waiting ...", a wait with a timeout "Operation timed
+            # out!"; anything else (a peer's closed connection) is not a timeout.
+            if "timed out" not in str(e).lower():
+                raise
+            waited = time.monotonic() - self.start
+            world = dist.get_world_size(self.group)
+            if self.timeout is not None:
+                limit = f"timeout {self.timeout:g} s"
+            else:
+                pg_timeout = getattr(getattr(self.group, "options", None), "_timeout", None)
+                limit = ("the process group's timeout" +
+                         (f" of {pg_timeout.total_seconds():g} s" if pg_timeout else ""))
+            raise SyncTimeoutError(
+                f"bnorm.torch.SyncBatchNorm.{self.call}: waited {waited:.2f} s ({limit}) for "
+                f"the other ranks of a process group of size {world}; a rank did not enter "
+                "the collective (eval mode while the others train, a skipped step or a dead "
+                "process). The process group is unusable now: end the job or destroy and "
+                "re-create the group.") from e
+
 
 _DTYPE_CODES = {torch.float32: 1, torch.float64: 2, torch.bfloat16: 3, torch.float16: 4}
 _PREFLIGHT = 8  # float64 values per rank
@@ -46,7 +112,7 @@ def _channels_last(input: Tensor) -> bool:
     return input.permute(order).is_contiguous()
 
 
-def _preflight(input, num_features, momentum, eps, group):
+def _preflight(input, num_features, momentum, eps, group, deadline):
     """Checks this rank's arguments without raising, shares the verdicts and
     the settings with every rank (one all_gather), and raises the same error
     everywhere if anything is wrong. Returns the global count of values per
@@ -68,7 +134,7 @@ def _preflight(input, num_features, momentum, eps, group):
                          eps, -1.0 if momentum is None else float(momentum),
                          float(values_per_channel), 0.0], dtype=torch.float64)
     everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(everyone, mine, group=group)
+    deadline.wait(dist.all_gather(everyone, mine, group=group, async_op=True))
     table = torch.stack(everyone)
     name = "bnorm.torch.SyncBatchNorm"
     bad = [r for r in range(table.size(0)) if table[r, 0] == 0]
@@ -94,8 +160,9 @@ def _preflight(input, num_features, momentum, eps, group):
 class _SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, group,
-                num_features, momentum_setting):
-        count, _ = _preflight(input, num_features, momentum_setting, eps, group)
+                num_features, momentum_setting, timeout):
+        deadline = _Deadline("forward", group, timeout)
+        count, _ = _preflight(input, num_features, momentum_setting, eps, group, deadline)
         c = input.size(1)
         n = input.numel() // c
         mean, m2 = torch.ops.bnorm.sync_local_moments(input)
@@ -103,7 +170,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                  else torch.zeros(c, dtype=torch.float64))
         d = mean - shift
         sums = torch.cat([n * d, m2 + n * d * d])
-        dist.all_reduce(sums, group=group)
+        deadline.wait(dist.all_reduce(sums, group=group, async_op=True))
         s1, s2 = sums[:c], sums[c:]
         global_mean = shift + s1 / count
         global_var = ((s2 - s1 * s1 / count) / count).clamp_min(0)
@@ -111,12 +178,13 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             input, weight, bias, global_mean, global_var, count, running_mean, running_var,
             momentum, eps)
         ctx.save_for_backward(input, weight, save_mean, save_invstd)
-        ctx.count, ctx.group = count, group
+        ctx.count, ctx.group, ctx.timeout = count, group, timeout
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad_output):
+        deadline = _Deadline("backward", ctx.group, ctx.timeout)
         input, weight, save_mean, save_invstd = ctx.saved_tensors
         c = input.size(1)
         sum_dy, sum_dy_xhat = torch.ops.bnorm.sync_local_backward_sums(
@@ -129,13 +197,13 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             grad_bias = sum_dy.to(ctx.bias_dtype)
         # Every rank takes part, whether or not it needs grad_input.
         sums = torch.cat([sum_dy, sum_dy_xhat])
-        dist.all_reduce(sums, group=ctx.group)
+        deadline.wait(dist.all_reduce(sums, group=ctx.group, async_op=True))
         grad_input = None
         if ctx.needs_input_grad[0]:
             grad_input = torch.ops.bnorm.sync_backward(grad_output, input, weight, save_mean,
                                                        save_invstd, sums[:c], sums[c:],
                                                        ctx.count)
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
+        return (grad_input, grad_weight, grad_bias) + (None,) * 8
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -143,15 +211,20 @@ class SyncBatchNorm(_BatchNorm):
 
     Input (N, C, *spatial) of any rank >= 2, contiguous or channels-last,
     float32, float64, bfloat16 or float16. See the module docstring for what
-    is exchanged.
+    is exchanged. timeout (seconds or a timedelta, > 0; the attribute may be
+    changed later): how long one forward or backward may wait for the other
+    ranks before raising SyncTimeoutError; None, the process group's timeout.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group=None,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None,
+                 timeout: Union[None, float, datetime.timedelta] = None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
                          dtype)
         self.process_group = process_group
+        _seconds(timeout)  # a bad value fails here rather than at the first forward
+        self.timeout = timeout
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
@@ -176,23 +249,24 @@ class SyncBatchNorm(_BatchNorm):
         y = _SyncBatchNormFunction.apply(
             input, self.weight, self.bias, self.running_mean if track else None,
             self.running_var if track else None, factor, self.eps, group, self.num_features,
-            self.momentum)
+            self.momentum, _seconds(self.timeout))
         if counts and counter is not None:
             counter.add_(1)
         return y
 
     @classmethod
-    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None):
+    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None, timeout=None):
         """module with every batch-norm layer (torch.nn's BatchNormXd and SyncBatchNorm,
-        bnorm's BatchNormXd) replaced by bnorm's SyncBatchNorm over process_group,
-        parameters (the same objects), buffers and training flag carried over."""
+        bnorm's BatchNormXd) replaced by bnorm's SyncBatchNorm over process_group (with
+        that timeout), parameters (the same objects), buffers and training flag carried
+        over."""
         out = module
         kinds = (torch.nn.modules.batchnorm._BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
         if isinstance(module, kinds) and not isinstance(module, cls):
             like = module.running_mean if module.running_mean is not None else module.weight
             factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
             out = cls(module.num_features, module.eps, module.momentum, module.affine,
-                      module.track_running_stats, process_group, **factory)
+                      module.track_running_stats, process_group, timeout=timeout, **factory)
             if module.affine:
                 out.weight = module.weight
                 out.bias = module.bias
@@ -203,5 +277,5 @@ class SyncBatchNorm(_BatchNorm):
             if hasattr(module, "qconfig"):
                 out.qconfig = module.qconfig
         for name, child in module.named_children():
-            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group, timeout))
         return out
