@@ -10,6 +10,17 @@
 // (read x twice, write y), fwd-infer 2B, bwd 5B (read x and dy twice, write
 // dx). STREAM copy counts 2 bytes moved per byte copied, as STREAM does.
 //
+// Fused ops (--ops; bnorm/fused.hpp), bnorm's bytes: relu-fwd 3B (read x
+// twice, write y = relu(bn(x))), add-relu-fwd 4B (and read the residual r),
+// relu-bwd 7B (read dy, y (the mask) and x in the reduction and again in the
+// dx pass, write dx), add-relu-bwd 8B (and write dresidual). Their anchors:
+// oneDNN's batch norm with fuse_norm_relu (relu rows only: oneDNN has no
+// add+ReLU fusion on the CPU), which keeps a 1-bit-per-element workspace in
+// place of y (fwd 3B + B/32 for f32, bwd 5B + 2 x B/32); PyTorch's unfused
+// sequence as torchvision's BasicBlock runs it (native_batch_norm, in-place
+// add and relu_; backward threshold_backward then native_batch_norm_backward,
+// dresidual being dz itself): fwd 5B (8B with the add), bwd 8B.
+//
 // Element types (--dtype f32,f64,bf16,f16): x, y, dy, dx in the type;
 // weights and statistics float (double for f64), as bnorm::param_t. Anchors
 // run what they support: oneDNN bf16 (and f16 where its CPU build has it),
@@ -19,6 +30,7 @@
 
 #include <algorithm>
 #include <bnorm/bnorm.hpp>
+#include <bnorm/fused.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -116,11 +128,49 @@ void fill_typed(Buffer& b, uint64_t seed, float mean, float stddev) {
   for (size_t i = 0; i < b.size; ++i) b.as<T>()[i] = T(f.data[i]);
 }
 
-enum class Op { fwd_train, fwd_infer, bwd };
+// Plain batch norm, and the fused BN+ReLU and BN+add+ReLU (training).
+enum class Op { fwd_train, fwd_infer, bwd, relu_fwd, relu_bwd, add_relu_fwd, add_relu_bwd };
+constexpr Op kOps[] = {Op::fwd_train, Op::fwd_infer,    Op::bwd,         Op::relu_fwd,
+                       Op::relu_bwd,  Op::add_relu_fwd, Op::add_relu_bwd};
 const char* op_name(Op op) {
-  return op == Op::fwd_train ? "fwd-train" : op == Op::fwd_infer ? "fwd-infer" : "bwd";
+  switch (op) {
+    case Op::fwd_train:
+      return "fwd-train";
+    case Op::fwd_infer:
+      return "fwd-infer";
+    case Op::bwd:
+      return "bwd";
+    case Op::relu_fwd:
+      return "relu-fwd";
+    case Op::relu_bwd:
+      return "relu-bwd";
+    case Op::add_relu_fwd:
+      return "add-relu-fwd";
+    case Op::add_relu_bwd:
+      return "add-relu-bwd";
+  }
+  return "?";
 }
-double byte_factor(Op op) { return op == Op::fwd_train ? 3 : op == Op::fwd_infer ? 2 : 5; }
+// bnorm's bytes moved, in tensors (see the byte model at the top).
+double byte_factor(Op op) {
+  switch (op) {
+    case Op::fwd_train:
+    case Op::relu_fwd:
+      return 3;
+    case Op::fwd_infer:
+      return 2;
+    case Op::bwd:
+      return 5;
+    case Op::add_relu_fwd:
+      return 4;
+    case Op::relu_bwd:
+      return 7;
+    case Op::add_relu_bwd:
+      return 8;
+  }
+  return 0;
+}
+bool has_residual(Op op) { return op == Op::add_relu_fwd || op == Op::add_relu_bwd; }
 
 struct Dims {
   int64_t n, c, h, w;
@@ -134,6 +184,9 @@ struct Data {
   bnorm::Shape shape;
   DType dtype;
   Buffer x, dy, weight, bias, rm, rv, y, dx, mean, invstd, var, dw, db;
+  // Fused ops: the residual, relu(bn(x)) and relu(bn(x) + r) (the masks
+  // their backward reads), and dresidual.
+  Buffer r, y_relu, y_add, dr;
   Data(Dims d, bnorm::Layout layout, DType t)
       : dims(d),
         shape{d.n, d.c, d.h * d.w, layout},
@@ -150,7 +203,11 @@ struct Data {
         invstd(size_t(d.c), pbytes()),
         var(size_t(d.c), pbytes()),
         dw(size_t(d.c), pbytes()),
-        db(size_t(d.c), pbytes()) {
+        db(size_t(d.c), pbytes()),
+        r(size_t(shape.numel()), dtype_bytes(t)),
+        y_relu(size_t(shape.numel()), dtype_bytes(t)),
+        y_add(size_t(shape.numel()), dtype_bytes(t)),
+        dr(size_t(shape.numel()), dtype_bytes(t)) {
     with_type(t, [&]<class T>() {
       using P = bnorm::param_t<T>;
       fill_typed<T>(x, 1, 0.5f, 2.0f);
@@ -166,6 +223,14 @@ struct Data {
         rm.as<P>()[k] = mean.as<P>()[k];
         rv.as<P>()[k] = var.as<P>()[k];
       }
+      fill_typed<T>(r, 5, 0.0f, 1.0f);
+      const bnorm::Epilogue relu{bnorm::Activation::relu};
+      bnorm::fused_forward_training<T>(shape, x.as<T>(), nullptr, weight.as<P>(), bias.as<P>(),
+                                       y_relu.as<T>(), mean.as<P>(), invstd.as<P>(), nullptr,
+                                       nullptr, {}, relu);
+      bnorm::fused_forward_training<T>(shape, x.as<T>(), r.as<T>(), weight.as<P>(), bias.as<P>(),
+                                       y_add.as<T>(), mean.as<P>(), invstd.as<P>(), nullptr,
+                                       nullptr, {}, relu);
     });
   }
   size_t pbytes() const { return dtype == DType::f64 ? 8 : 4; }
@@ -205,6 +270,27 @@ Impl bnorm_impl() {
             bnorm::backward<T>(d.shape, d.dy.as<T>(), d.x.as<T>(), d.weight.as<P>(), d.mean.as<P>(),
                                d.invstd.as<P>(), d.dx.as<T>(), d.dw.as<P>(), d.db.as<P>());
           };
+        case Op::relu_fwd:
+        case Op::add_relu_fwd: {
+          const T* r = has_residual(op) ? d.r.as<T>() : nullptr;
+          return [&d, r] {
+            bnorm::fused_forward_training<T>(d.shape, d.x.as<T>(), r, d.weight.as<P>(),
+                                             d.bias.as<P>(), d.y.as<T>(), d.mean.as<P>(),
+                                             d.invstd.as<P>(), d.rm.as<P>(), d.rv.as<P>(), {},
+                                             bnorm::Epilogue{bnorm::Activation::relu});
+          };
+        }
+        case Op::relu_bwd:
+        case Op::add_relu_bwd: {
+          const bool add = has_residual(op);
+          return [&d, add] {
+            bnorm::fused_backward<T>(d.shape, d.dy.as<T>(), (add ? d.y_add : d.y_relu).as<T>(),
+                                     d.x.as<T>(), d.weight.as<P>(), d.mean.as<P>(),
+                                     d.invstd.as<P>(), d.dx.as<T>(), d.dw.as<P>(), d.db.as<P>(),
+                                     add ? d.dr.as<T>() : nullptr,
+                                     bnorm::Epilogue{bnorm::Activation::relu});
+          };
+        }
       }
       return std::nullopt;
     });
@@ -249,7 +335,32 @@ Impl dnnl_impl() {
                    impl.c_str());
       return false;
     };
+    if (has_residual(op)) return std::nullopt;  // no add+ReLU fusion on the CPU
+    // BN+ReLU: fuse_norm_relu, whose training forward writes a workspace
+    // (the ReLU mask) that its backward reads in place of y.
+    const bool relu = op == Op::relu_fwd || op == Op::relu_bwd;
+    const auto train_flags = relu ? flags | normalization_flags::fuse_norm_relu : flags;
     try {
+      if (op == Op::relu_fwd) {
+        batch_normalization_forward::primitive_desc pd(
+            {prop_kind::forward_training, md, float(kEps), train_flags}, eng);
+        if (!jit(pd)) return std::nullopt;
+        auto prim = batch_normalization_forward(pd);
+        auto m = std::make_shared<Buffer>(size_t(d.dims.c));
+        auto v = std::make_shared<Buffer>(size_t(d.dims.c));
+        auto ws = std::make_shared<memory>(pd.workspace_desc(), eng);
+        std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, mem(md, d.x)},
+                                                {DNNL_ARG_DST, mem(md, d.y)},
+                                                {DNNL_ARG_SCALE, mem(cd, d.weight)},
+                                                {DNNL_ARG_SHIFT, mem(cd, d.bias)},
+                                                {DNNL_ARG_MEAN, mem(cd, *m)},
+                                                {DNNL_ARG_VARIANCE, mem(cd, *v)},
+                                                {DNNL_ARG_WORKSPACE, *ws}};
+        return [state, prim, args, m, v, ws] {
+          prim.execute(state->stream, args);
+          state->stream.wait();
+        };
+      }
       if (op == Op::fwd_train || op == Op::fwd_infer) {
         const bool train = op == Op::fwd_train;
         const auto f = train ? flags : flags | normalization_flags::use_global_stats;
@@ -280,9 +391,9 @@ Impl dnnl_impl() {
         };
       }
       batch_normalization_forward::primitive_desc fpd(
-          {prop_kind::forward_training, md, float(kEps), flags}, eng);
+          {prop_kind::forward_training, md, float(kEps), train_flags}, eng);
       batch_normalization_backward::primitive_desc pd(
-          {prop_kind::backward, md, md, float(kEps), flags}, eng, fpd);
+          {prop_kind::backward, md, md, float(kEps), train_flags}, eng, fpd);
       if (!jit(pd)) return std::nullopt;
       auto prim = batch_normalization_backward(pd);
       auto dscale = std::make_shared<Buffer>(size_t(d.dims.c));
@@ -293,7 +404,24 @@ Impl dnnl_impl() {
           {DNNL_ARG_SCALE, mem(cd, d.weight)},    {DNNL_ARG_SHIFT, mem(cd, d.bias)},
           {DNNL_ARG_DIFF_SRC, mem(md, d.dx)},     {DNNL_ARG_DIFF_SCALE, mem(cd, *dscale)},
           {DNNL_ARG_DIFF_SHIFT, mem(cd, *dshift)}};
-      return [state, prim, args, dscale, dshift] {
+      std::shared_ptr<memory> ws;
+      if (relu) {
+        // The mask of this batch, from one forward run.
+        ws = std::make_shared<memory>(fpd.workspace_desc(), eng);
+        auto m = std::make_shared<Buffer>(size_t(d.dims.c));
+        auto v = std::make_shared<Buffer>(size_t(d.dims.c));
+        batch_normalization_forward(fpd).execute(state->stream,
+                                                 {{DNNL_ARG_SRC, mem(md, d.x)},
+                                                  {DNNL_ARG_DST, mem(md, d.y)},
+                                                  {DNNL_ARG_SCALE, mem(cd, d.weight)},
+                                                  {DNNL_ARG_SHIFT, mem(cd, d.bias)},
+                                                  {DNNL_ARG_MEAN, mem(cd, *m)},
+                                                  {DNNL_ARG_VARIANCE, mem(cd, *v)},
+                                                  {DNNL_ARG_WORKSPACE, *ws}});
+        state->stream.wait();
+        args[DNNL_ARG_WORKSPACE] = *ws;
+      }
+      return [state, prim, args, dscale, dshift, ws] {
         prim.execute(state->stream, args);
         state->stream.wait();
       };
@@ -373,6 +501,7 @@ Impl torch_impl() {
          rv = t1(d.rv), sm = t1(d.mean), si = t1(d.invstd);
     // Running statistics updated by the training forward go to copies.
     auto rm2 = rm.clone(), rv2 = rv.clone();
+    auto r = t4(d.r), y_relu = t4(d.y_relu), y_add = t4(d.y_add);
     std::function<void()> f;
     switch (op) {
       case Op::fwd_train:
@@ -394,6 +523,29 @@ Impl torch_impl() {
                                                     {true, true, true});
         };
         break;
+      case Op::relu_fwd:
+      case Op::add_relu_fwd: {
+        const bool add = has_residual(op);
+        f = [=] {
+          c10::InferenceMode guard;
+          auto out = std::get<0>(at::native_batch_norm(x, wt, bt, rm2, rv2, true, 0.1, kEps));
+          if (add) out.add_(r);
+          out.relu_();
+        };
+        break;
+      }
+      case Op::relu_bwd:
+      case Op::add_relu_bwd: {
+        const auto y = has_residual(op) ? y_add : y_relu;
+        // dresidual is dz itself (add's backward passes the gradient on).
+        f = [=] {
+          c10::InferenceMode guard;
+          auto dz = at::threshold_backward(dy, y, 0);
+          auto out = at::native_batch_norm_backward(dz, x, wt, rm, rv, sm, si, true, kEps,
+                                                    {true, true, true});
+        };
+        break;
+      }
     }
     // A dtype without a CPU kernel (or without mixed float weights) throws.
     try {
@@ -457,6 +609,7 @@ struct Config {
   int reps = 0;
   std::vector<Dims> shapes;  // empty: the standard list
   std::vector<DType> dtypes{DType::f32};
+  std::vector<Op> ops{Op::fwd_train, Op::fwd_infer, Op::bwd};
 };
 
 std::string fmt(const char* f, double v) {
@@ -505,13 +658,30 @@ int main(int argc, char** argv) {
           return 2;
         }
       }
+    } else if (a == "--ops" && i + 1 < argc) {
+      cfg.ops.clear();
+      std::stringstream ss(argv[++i]);
+      for (std::string t; std::getline(ss, t, ',');) {
+        const Op* op =
+            std::find_if(std::begin(kOps), std::end(kOps), [&](Op o) { return t == op_name(o); });
+        if (op == std::end(kOps)) {
+          std::fprintf(stderr,
+                       "--ops: expected fwd-train, fwd-infer, bwd, relu-fwd, relu-bwd, "
+                       "add-relu-fwd or add-relu-bwd, got %s\n",
+                       t.c_str());
+          return 2;
+        }
+        cfg.ops.push_back(*op);
+      }
     } else if (a == "--reps" && i + 1 < argc) {
       cfg.reps = std::stoi(argv[++i]);
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--quick] [--markdown FILE] [--threads 1,2] [--reps N] [--shape n,c,h,w]...\n"
-          "          [--dtype f32,f64,bf16,f16]\n"
+          "          [--dtype f32,f64,bf16,f16] [--ops fwd-train,fwd-infer,bwd]\n"
+          "ops: fwd-train fwd-infer bwd (batch norm), relu-fwd relu-bwd add-relu-fwd\n"
+          "     add-relu-bwd (fused BN+ReLU and BN+add+ReLU, training)\n"
           "unknown argument: %s\n",
           argv[0], a.c_str());
       return 2;
@@ -549,7 +719,7 @@ int main(int argc, char** argv) {
         const std::string shape_name = "(" + std::to_string(dims.n) + "," + std::to_string(dims.c) +
                                        "," + std::to_string(dims.h) + "," + std::to_string(dims.w) +
                                        ")";
-        for (Op op : {Op::fwd_train, Op::fwd_infer, Op::bwd}) {
+        for (Op op : cfg.ops) {
           for (int threads : cfg.threads) {
             omp_set_num_threads(threads);
             for (auto& impl : impls) impl.set_threads(threads);
@@ -602,7 +772,11 @@ int main(int argc, char** argv) {
   for (const Row& r : rows)
     if (r.dtype == DType::f32) f32_ms[r.key()] = r.ms[0];
   std::ostringstream out;
-  out << "Byte model: fwd-train 3x, fwd-infer 2x, bwd 5x the tensor's bytes in the row's dtype. "
+  out << "Byte model: fwd-train 3x, fwd-infer 2x, bwd 5x the tensor's bytes in the row's dtype; "
+         "fused (bnorm's): relu-fwd 3x, add-relu-fwd 4x, relu-bwd 7x, add-relu-bwd 8x. Fused "
+         "rows: oneDNN is its fuse_norm_relu (no add+ReLU fusion: n/a), PyTorch its unfused "
+         "native_batch_norm, add_, relu_ (backward threshold_backward, "
+         "native_batch_norm_backward). "
          "GB/s = model bytes / bnorm's median time; % STREAM = that over the STREAM copy "
          "bandwidth measured in the same turns (2 x bytes copied). Gelem/s = tensor elements / "
          "bnorm's median time; vs f32 = bnorm's f32 time of the same case / this row's (elements "

@@ -27,22 +27,6 @@ struct RenormArgs {
   param_t<T>* d = nullptr;
 };
 
-// The checks of a training forward on this shape, before anything is written.
-// Returns the weight of this batch in the running statistics.
-template <class T>
-double check_training(const char* fn, const Shape& shape, const T* x, const T* y,
-                      const param_t<T>* running_mean, const param_t<T>* running_var,
-                      const Options& options) {
-  detail::check_shape(fn, shape);
-  if (shape.m() < 2)
-    detail::fail(fn, "expected more than 1 value per channel in training, got n*s = " +
-                         std::to_string(shape.m()));
-  detail::check_eps(fn, options.eps);
-  detail::check_not_null(fn, x, "x");
-  detail::check_not_null(fn, y, "y");
-  return detail::running_factor(fn, options, running_mean, running_var);
-}
-
 // The training forward once every argument is valid; factor as
 // check_training returned it. One fused call: statistics, y, saved and
 // running statistics (and Batch Renormalization's r and d).
@@ -52,16 +36,8 @@ void forward_training_unchecked(const Shape& shape, const T* x, const param_t<T>
                                 param_t<T>* save_invstd, param_t<T>* running_mean,
                                 param_t<T>* running_var, const Options& options, double factor,
                                 const RenormArgs<T>* renorm) {
-  cpu::ForwardOutputs<param_t<T>> out;
-  out.weight = weight;
-  out.bias = bias;
-  out.save_mean = save_mean;
-  out.save_invstd = save_invstd;
-  out.running_mean = running_mean;
-  out.running_var = running_var;
-  out.eps = options.eps;
-  out.factor = factor;
-  out.unbiased_running_var = options.unbiased_running_var;
+  auto out = cpu::forward_outputs(weight, bias, save_mean, save_invstd, running_mean, running_var,
+                                  options, factor);
   if (renorm) {
     out.renorm = true;
     out.rmax = renorm->limits.rmax;
@@ -79,7 +55,7 @@ void forward_training(const Shape& shape, const T* x, const param_t<T>* weight,
                       const param_t<T>* bias, T* y, param_t<T>* save_mean, param_t<T>* save_invstd,
                       param_t<T>* running_mean, param_t<T>* running_var, const Options& options) {
   const double factor =
-      check_training("forward_training", shape, x, y, running_mean, running_var, options);
+      detail::check_training("forward_training", shape, x, y, running_mean, running_var, options);
   forward_training_unchecked<T>(shape, x, weight, bias, y, save_mean, save_invstd, running_mean,
                                 running_var, options, factor, nullptr);
 }
@@ -91,7 +67,7 @@ void batch_renorm_forward_training(const Shape& shape, const T* x, const param_t
                                    param_t<T>* running_mean, param_t<T>* running_var,
                                    const RenormLimits& limits, const Options& options) {
   constexpr const char* fn = "batch_renorm_forward_training";
-  const double factor = check_training(fn, shape, x, y, running_mean, running_var, options);
+  const double factor = detail::check_training(fn, shape, x, y, running_mean, running_var, options);
   detail::check_renorm(fn, limits, running_mean);
   const RenormArgs<T> renorm{limits, r, d};
   forward_training_unchecked<T>(shape, x, weight, bias, y, save_mean, save_invstd, running_mean,
@@ -119,7 +95,8 @@ void ghost_forward_training(const Shape& shape, int64_t virtual_batch_size, cons
     Options group_options = options;
     if (!options.momentum) group_options.num_batches_tracked = options.num_batches_tracked + g;
     const Shape part = detail::ghost_group(shape, virtual_batch_size, g);
-    factors.push_back(check_training(fn, part, x, y, running_mean, running_var, group_options));
+    factors.push_back(
+        detail::check_training(fn, part, x, y, running_mean, running_var, group_options));
   }
   const int64_t c = shape.c;
   for (int64_t g = 0; g < groups; ++g) {

@@ -45,6 +45,48 @@ double gamma_sign(const P* weight, int64_t k, const Epilogue& e) {
 template <class T>
 using Vec = std::vector<param_t<T>>;
 
+// The kernels' arguments common to every pass.
+template <class T>
+cpu::FusedArgs<T> fused_args(const Shape& shape, const Epilogue& e) {
+  cpu::FusedArgs<T> a;
+  a.shape = shape;
+  a.act = e.act;
+  a.slope = param_t<T>(e.negative_slope);
+  return a;
+}
+
+// The backward once the kernels summed, per channel, sum_dz = sum dz and
+// sum_dz_g = sum dz (g - p0), where g - p0 = x_hat / inv_unit_k (x - mean
+// with inv_unit = invstd, or act^-1(y) - beta with inv_unit = 1 / gamma):
+// dweight and dbias, then dx = ca dz + cb (g - p0) + cc and dresidual = dz
+// in one more pass over the elements (a.p[0] = p0 already set).
+template <class T, class InvUnit>
+void finish_backward(cpu::FusedArgs<T>& a, const param_t<T>* weight, const param_t<T>* save_invstd,
+                     const Epilogue& e, InvUnit&& inv_unit, T* dx, param_t<T>* dweight,
+                     param_t<T>* dbias, T* dresidual) {
+  using P = param_t<T>;
+  const int64_t c = a.shape.c;
+  const double m = double(a.shape.m());
+  Vec<T> ca(static_cast<size_t>(c)), cb(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
+  for (int64_t k = 0; k < c; ++k) {
+    const double u = inv_unit(k), sum_dz = a.sum_dz[k];
+    const double sum_dz_xhat = a.sum_dz_g[k] * u;
+    if (dweight) dweight[k] = P(gamma_sign(weight, k, e) * sum_dz_xhat);
+    if (dbias) dbias[k] = P(sum_dz);
+    const double g_invstd = gamma_of(weight, k, e) * double(save_invstd[k]);
+    ca[size_t(k)] = P(g_invstd);
+    cb[size_t(k)] = P(-g_invstd * u * sum_dz_xhat / m);
+    cc[size_t(k)] = P(-g_invstd * sum_dz / m);
+  }
+  if (!dx && !dresidual) return;
+  a.dx = dx;
+  a.dresidual = dresidual;
+  a.p[1] = ca.data();
+  a.p[2] = cb.data();
+  a.p[3] = cc.data();
+  cpu::fused_dx_fast(a);
+}
+
 }  // namespace
 
 template <class T>
@@ -55,38 +97,20 @@ void fused_forward_training(const Shape& shape, const T* x, const T* residual,
                             const Options& options, const Epilogue& epilogue) {
   using P = param_t<T>;
   constexpr const char* fn = "fused_forward_training";
-  detail::check_shape(fn, shape);
-  if (shape.m() < 2)
-    detail::fail(fn, "expected more than 1 value per channel in training, got n*s = " +
-                         std::to_string(shape.m()));
-  detail::check_eps(fn, options.eps);
-  detail::check_not_null(fn, x, "x");
-  detail::check_not_null(fn, y, "y");
+  const double factor = detail::check_training(fn, shape, x, y, running_mean, running_var, options);
   check_epilogue(fn, epilogue);
-  const double factor = detail::running_factor(fn, options, running_mean, running_var);
   const int64_t c = shape.c;
   std::vector<double> mean(static_cast<size_t>(c)), var(static_cast<size_t>(c));
   cpu::moments_fast(shape, x, mean.data(), var.data());
   Vec<T> gamma(static_cast<size_t>(c)), mu(static_cast<size_t>(c)), scale(static_cast<size_t>(c)),
       shift(static_cast<size_t>(c));
   for (int64_t k = 0; k < c; ++k) gamma[size_t(k)] = P(gamma_of(weight, k, epilogue));
-  cpu::ForwardOutputs<P> out;
-  out.weight = gamma.data();
-  out.bias = bias;
-  out.save_mean = save_mean;
-  out.save_invstd = save_invstd;
-  out.running_mean = running_mean;
-  out.running_var = running_var;
-  out.eps = options.eps;
-  out.factor = factor;
-  out.unbiased_running_var = options.unbiased_running_var;
+  const auto out = cpu::forward_outputs<P>(gamma.data(), bias, save_mean, save_invstd, running_mean,
+                                           running_var, options, factor);
   for (int64_t k = 0; k < c; ++k)
     cpu::finish_forward_channel(out, double(shape.m()), k, mean[size_t(k)], var[size_t(k)],
                                 mu[size_t(k)], scale[size_t(k)], shift[size_t(k)]);
-  cpu::FusedArgs<T> a;
-  a.shape = shape;
-  a.act = epilogue.act;
-  a.slope = P(epilogue.negative_slope);
+  cpu::FusedArgs<T> a = fused_args<T>(shape, epilogue);
   a.x = x;
   a.residual = residual;
   a.y = y;
@@ -116,10 +140,7 @@ void fused_forward_inference(const Shape& shape, const T* x, const T* residual,
     scale[size_t(k)] = P(gamma_of(weight, k, epilogue) / std::sqrt(double(running_var[k]) + eps));
     shift[size_t(k)] = bias ? bias[k] : P(0);
   }
-  cpu::FusedArgs<T> a;
-  a.shape = shape;
-  a.act = epilogue.act;
-  a.slope = P(epilogue.negative_slope);
+  cpu::FusedArgs<T> a = fused_args<T>(shape, epilogue);
   a.x = x;
   a.residual = residual;
   a.y = y;
@@ -134,7 +155,6 @@ void fused_backward(const Shape& shape, const T* dy, const T* y, const T* x,
                     const param_t<T>* weight, const param_t<T>* save_mean,
                     const param_t<T>* save_invstd, T* dx, param_t<T>* dweight, param_t<T>* dbias,
                     T* dresidual, const Epilogue& epilogue) {
-  using P = param_t<T>;
   constexpr const char* fn = "fused_backward";
   detail::check_shape(fn, shape);
   detail::check_not_null(fn, dy, "dy");
@@ -145,38 +165,19 @@ void fused_backward(const Shape& shape, const T* dy, const T* y, const T* x,
   detail::check_not_null(fn, save_invstd, "save_invstd");
   if (!dx && !dweight && !dbias && !dresidual) return;
   const int64_t c = shape.c;
-  const double m = double(shape.m());
   std::vector<double> sum_dz(size_t(c), 0.0), sum_dz_xmu(size_t(c), 0.0);
-  cpu::FusedArgs<T> a;
-  a.shape = shape;
-  a.act = epilogue.act;
-  a.slope = P(epilogue.negative_slope);
+  cpu::FusedArgs<T> a = fused_args<T>(shape, epilogue);
   a.dy = dy;
   a.y_in = y;
   a.x = x;
   a.sum_dz = sum_dz.data();
   a.sum_dz_g = sum_dz_xmu.data();
   a.p[0] = save_mean;
-  const bool need_sums = dx || dweight || dbias;
-  if (need_sums) cpu::fused_reduce_fast(a);
-  Vec<T> ca(static_cast<size_t>(c)), cb(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
-  for (int64_t k = 0; k < c && need_sums; ++k) {
-    const double invstd = double(save_invstd[k]);
-    const double sum_dz_xhat = sum_dz_xmu[size_t(k)] * invstd;
-    if (dweight) dweight[k] = P(gamma_sign(weight, k, epilogue) * sum_dz_xhat);
-    if (dbias) dbias[k] = P(sum_dz[size_t(k)]);
-    const double g_invstd = gamma_of(weight, k, epilogue) * invstd;
-    ca[size_t(k)] = P(g_invstd);
-    cb[size_t(k)] = P(-g_invstd * invstd * sum_dz_xhat / m);
-    cc[size_t(k)] = P(-g_invstd * sum_dz[size_t(k)] / m);
-  }
-  if (!dx && !dresidual) return;
-  a.dx = dx;
-  a.dresidual = dresidual;
-  a.p[1] = ca.data();
-  a.p[2] = cb.data();
-  a.p[3] = cc.data();
-  cpu::fused_dx_fast(a);
+  // dresidual alone needs no sums (dz is elementwise).
+  if (dx || dweight || dbias) cpu::fused_reduce_fast(a);
+  finish_backward(
+      a, weight, save_invstd, epilogue, [&](int64_t k) { return double(save_invstd[k]); }, dx,
+      dweight, dbias, dresidual);
 }
 
 template <class T>
@@ -184,7 +185,6 @@ void fused_backward_from_output(const Shape& shape, const T* dy, const T* y,
                                 const param_t<T>* weight, const param_t<T>* bias,
                                 const param_t<T>* save_invstd, T* dx, param_t<T>* dweight,
                                 param_t<T>* dbias, const Epilogue& epilogue) {
-  using P = param_t<T>;
   constexpr const char* fn = "fused_backward_from_output";
   detail::check_shape(fn, shape);
   detail::check_not_null(fn, dy, "dy");
@@ -205,37 +205,19 @@ void fused_backward_from_output(const Shape& shape, const T* dy, const T* y,
                              ": x_hat = (act^-1(y) - beta) / gamma needs a finite non-zero gamma "
                              "(or epilogue.abs_weight)");
   if (!dx && !dweight && !dbias) return;
-  const double m = double(shape.m());
   std::vector<double> sum_dz(size_t(c), 0.0), sum_dz_yb(size_t(c), 0.0);
-  cpu::FusedArgs<T> a;
-  a.shape = shape;
-  a.act = epilogue.act;
-  a.slope = P(epilogue.negative_slope);
+  cpu::FusedArgs<T> a = fused_args<T>(shape, epilogue);
   a.dy = dy;
   a.y_in = y;
   a.from_output = true;
   a.sum_dz = sum_dz.data();
   a.sum_dz_g = sum_dz_yb.data();
-  a.p[0] = bias;  // g - beta = gamma * x_hat
+  a.p[0] = bias;  // act^-1(y) - beta = gamma * x_hat
   cpu::fused_reduce_fast(a);
-  Vec<T> ca(static_cast<size_t>(c)), cb(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
-  for (int64_t k = 0; k < c; ++k) {
-    const double gamma = gamma_of(weight, k, epilogue), invstd = double(save_invstd[k]);
-    const double sum_dz_xhat = sum_dz_yb[size_t(k)] / gamma;
-    if (dweight) dweight[k] = P(gamma_sign(weight, k, epilogue) * sum_dz_xhat);
-    if (dbias) dbias[k] = P(sum_dz[size_t(k)]);
-    const double g_invstd = gamma * invstd;
-    ca[size_t(k)] = P(g_invstd);
-    // b * x_hat = b / gamma * (g - beta).
-    cb[size_t(k)] = P(-g_invstd * sum_dz_xhat / m / gamma);
-    cc[size_t(k)] = P(-g_invstd * sum_dz[size_t(k)] / m);
-  }
-  if (!dx) return;
-  a.dx = dx;
-  a.p[1] = ca.data();
-  a.p[2] = cb.data();
-  a.p[3] = cc.data();
-  cpu::fused_dx_fast(a);
+  finish_backward(
+      a, weight, save_invstd, epilogue,
+      [&](int64_t k) { return 1.0 / gamma_of(weight, k, epilogue); }, dx, dweight, dbias,
+      static_cast<T*>(nullptr));
 }
 
 template <class T>

@@ -68,6 +68,21 @@ inline double running_factor(const char* fn, const Options& options, const void*
   return 1.0 / double(options.num_batches_tracked);
 }
 
+// The checks of a training forward on this shape, before anything is
+// written. Returns the weight of this batch in the running statistics.
+inline double check_training(const char* fn, const Shape& shape, const void* x, const void* y,
+                             const void* running_mean, const void* running_var,
+                             const Options& options) {
+  check_shape(fn, shape);
+  if (shape.m() < 2)
+    fail(fn, "expected more than 1 value per channel in training, got n*s = " +
+                 std::to_string(shape.m()));
+  check_eps(fn, options.eps);
+  check_not_null(fn, x, "x");
+  check_not_null(fn, y, "y");
+  return running_factor(fn, options, running_mean, running_var);
+}
+
 // Batch Renormalization's limits, and the running statistics r and d come
 // from (checked for both-or-neither by running_factor before).
 inline void check_renorm(const char* fn, const RenormLimits& limits, const void* running_mean) {

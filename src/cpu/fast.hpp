@@ -44,6 +44,24 @@ struct ForwardOutputs {
   P* d_out = nullptr;
 };
 
+// The outputs of a training forward (plain or fused) with its options.
+template <class P>
+inline ForwardOutputs<P> forward_outputs(const P* weight, const P* bias, P* save_mean,
+                                         P* save_invstd, P* running_mean, P* running_var,
+                                         const Options& options, double factor) {
+  ForwardOutputs<P> out;
+  out.weight = weight;
+  out.bias = bias;
+  out.save_mean = save_mean;
+  out.save_invstd = save_invstd;
+  out.running_mean = running_mean;
+  out.running_var = running_var;
+  out.eps = options.eps;
+  out.factor = factor;
+  out.unbiased_running_var = options.unbiased_running_var;
+  return out;
+}
+
 // Per channel, from the batch mean and biased variance: the saved and the
 // running statistics, and y = (x - mu) * scale + shift with mu in P. shift
 // absorbs mean - mu (the part of the double mean a float cannot hold), so

@@ -4,10 +4,11 @@
 // applied on the fly (dz = dy * act'(y) is never stored unless dresidual is
 // asked for).
 //
-// Determinism: a channel's sums are accumulated by one thread, in a fixed
-// order (NCHW: sample by sample; rows layouts: row by row within a block of
-// channels), so results do not depend on the thread count. Vector partial
-// sums are carried in P for at most kBlock values (NCHW) or kFlushRows rows,
+// Determinism: the sums are accumulated in units fixed by the shape (NCHW:
+// a channel, or a group of its samples, merged in order; rows layouts: row
+// by row within a block of channels), so results do not depend on the
+// thread count. Vector partial sums are carried in P for at most kBlock
+// values (NCHW, and kPlaneFlush within a long plane) or kFlushRows rows,
 // then in double.
 
 #undef HWY_TARGET_INCLUDE
@@ -21,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm::cpu {
@@ -217,6 +219,45 @@ struct Backward {
   }
 };
 
+// sum dz and sum dz * (g - o) of channel k over samples [i0, i1), as
+// NchwUnitDot does for plain batch norm.
+template <int A, bool FromOutput, class T>
+Pair FusedUnitDot(const Backward<A, FromOutput, T>& B, const Shape& shape, int64_t k, int64_t i0,
+                  int64_t i1, param_t<T> o) {
+  const DA<T> d;
+  const VA<T> z = hn::Zero(d), vo = hn::Set(d, o);
+  VA<T> s0 = z, s1 = z, q0 = z, q1 = z;
+  double ts = 0, tq = 0;
+  Pair total;
+  ForPlanes<T>(
+      shape, k, i0, i1,
+      [&](int64_t j0, int64_t j1) {
+        VA<T> y0 = z;
+        const VA<T> g0 = B.dz(j0, y0);
+        s0 = hn::Add(s0, g0);
+        q0 = hn::MulAdd(g0, hn::Sub(B.g(j0, y0), vo), q0);
+        if (j1 >= 0) {
+          VA<T> y1 = z;
+          const VA<T> g1 = B.dz(j1, y1);
+          s1 = hn::Add(s1, g1);
+          q1 = hn::MulAdd(g1, hn::Sub(B.g(j1, y1), vo), q1);
+        }
+      },
+      [&](int64_t j) {
+        param_t<T> yv = 0;
+        const double g = double(B.dz1(j, yv));
+        ts += g;
+        tq += g * (double(B.g1(j, yv)) - double(o));
+      },
+      [&] {
+        total.first += Total(d, s0, s1, z, z) + ts;
+        total.second += Total(d, q0, q1, z, z) + tq;
+        s0 = s1 = q0 = q1 = z;
+        ts = tq = 0;
+      });
+  return total;
+}
+
 template <int A, bool FromOutput, class T>
 void FusedReduceA(const FusedArgs<T>& a) {
   using P = param_t<T>;
@@ -227,41 +268,30 @@ void FusedReduceA(const FusedArgs<T>& a) {
   const int64_t c = shape.c;
   const P* o = a.p[0];
   if (!rows_layout(shape)) {
-    const int64_t s = shape.s;
+    // Units of plain batch norm's backward (fast_plan.hpp): a channel, or
+    // for channels too large for the cache a group of its samples, so that
+    // few channels with large planes still use every thread. The units are
+    // fixed by the shape and merged in order: results do not depend on the
+    // thread count.
+    constexpr int64_t tensors = 1 + (A != kIdentity || FromOutput) + !FromOutput;
+    const NchwPlan plan = nchw_plan(shape, tensors, sizeof(T));
+    const int64_t units = c * plan.groups;
+    std::vector<Pair> part(static_cast<size_t>(units));
     const int nt = threads_for(shape, sizeof(T));
 #pragma omp parallel for schedule(dynamic) num_threads(nt)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t k = u / plan.groups, g = u % plan.groups;
+      part[size_t(u)] = FusedUnitDot(B, shape, k, g * plan.group,
+                                     std::min(shape.n, (g + 1) * plan.group), o ? o[k] : P(0));
+    }
     for (int64_t k = 0; k < c; ++k) {
-      const VA<T> vo = hn::Set(d, o ? o[k] : P(0));
-      const VA<T> zero = hn::Zero(d);
-      VA<T> s0 = zero, q0 = zero;
-      double ts = 0, tq = 0;
-      int64_t pending = 0;
-      for (int64_t i = 0; i < shape.n; ++i) {
-        const int64_t base = (i * c + k) * s;
-        int64_t j = 0;
-        for (; j + N <= s; j += N) {
-          VA<T> yv = zero;
-          const VA<T> g = B.dz(base + j, yv);
-          s0 = hn::Add(s0, g);
-          q0 = hn::MulAdd(g, hn::Sub(B.g(base + j, yv), vo), q0);
-        }
-        for (; j < s; ++j) {
-          P yv = 0;
-          const P g = B.dz1(base + j, yv);
-          ts += double(g);
-          tq += double(g) * (double(B.g1(base + j, yv)) - double(o ? o[k] : P(0)));
-        }
-        pending += s;
-        if (pending >= kBlock || i + 1 == shape.n) {
-          ts += double(hn::GetLane(hn::SumOfLanes(d, s0)));
-          tq += double(hn::GetLane(hn::SumOfLanes(d, q0)));
-          s0 = zero;
-          q0 = zero;
-          pending = 0;
-        }
+      Pair total;
+      for (int64_t g = 0; g < plan.groups; ++g) {
+        total.first += part[size_t(k * plan.groups + g)].first;
+        total.second += part[size_t(k * plan.groups + g)].second;
       }
-      a.sum_dz[k] = ts;
-      a.sum_dz_g[k] = tq;
+      a.sum_dz[k] = total.first;
+      a.sum_dz_g[k] = total.second;
     }
     return;
   }

@@ -11,6 +11,9 @@ x_hat is recomputed from the output, which needs an invertible activation
 the layer then scales by ``|weight| + weight_eps`` (so a channel cannot flip
 sign, and gamma near 0 cannot blow up the recovered x_hat).
 
+The operators' autograd is C++, so the modules can be scripted
+(``torch.jit.script``), alone or inside ``fuse(model)``, and saved.
+
 ``fuse(model)`` rewrites, with torch.fx, BatchNorm followed by ReLU and
 BatchNorm followed by an addition and a ReLU (torchvision's BasicBlock and
 Bottleneck) into BatchNormAct modules holding the same state.
@@ -29,83 +32,61 @@ from . import _ops  # noqa: F401  (registers torch.ops.bnorm)
 from .modules import _BatchNorm, _running_factor
 
 _ACTS = {"identity": 0, "relu": 1, "leaky_relu": 2}
+# InPlace-ABN's weight_eps: save_output layers scale by |weight| + this.
+_WEIGHT_EPS = 1e-5
 
 
-class _FusedTrain(torch.autograd.Function):
-    """Training forward and its backward through the batch statistics."""
-
-    @staticmethod
-    def forward(ctx, x, residual, weight, bias, running_mean, running_var, factor, eps, act, slope,
-                save_output, weight_eps):
-        y, save_mean, save_invstd = torch.ops.bnorm.fused_batch_norm_train(
-            x, residual, weight, bias, running_mean, running_var, factor, eps, act, slope,
-            save_output, weight_eps)
-        ctx.params = (act, slope, save_output, weight_eps)
-        # Backward from the output keeps y alone; otherwise x as well.
-        ctx.save_for_backward(y, None if save_output else x, weight, bias, save_mean, save_invstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        y, x, weight, bias, save_mean, save_invstd = ctx.saved_tensors
-        act, slope, save_output, weight_eps = ctx.params
-        need = ctx.needs_input_grad
-        mask = [need[0], need[2], need[3], need[1]]
-        dx, dweight, dbias, dresidual = torch.ops.bnorm.fused_batch_norm_backward(
-            grad, y, x, weight, bias, save_mean, save_invstd, act, slope, save_output,
-            weight_eps, save_output, mask)
-        return dx, dresidual, dweight, dbias, None, None, None, None, None, None, None, None
+def _act_code(act: str) -> int:
+    """The operators' act argument (0 identity, 1 relu, 2 leaky_relu); scriptable."""
+    if act == "identity":
+        return 0
+    if act == "relu":
+        return 1
+    if act == "leaky_relu":
+        return 2
+    raise ValueError("bnorm.torch: act must be 'identity', 'relu' or 'leaky_relu', got " + act)
 
 
-def _act_reference(z: Tensor, act: int, slope: float) -> Tensor:
-    if act == 1:
-        return torch.relu(z)
-    if act == 2:
-        return torch.nn.functional.leaky_relu(z, slope)
-    return z
+def _check_save_output(where: str, act: str, negative_slope: float) -> None:
+    if act == "relu" or (act == "leaky_relu" and not negative_slope > 0):
+        raise ValueError(f"{where}: save_output=True recomputes x_hat from the output and needs "
+                         f"an invertible activation ('identity', or 'leaky_relu' with "
+                         f"negative_slope > 0), got act={act!r}, negative_slope={negative_slope}")
 
 
 def batch_norm_act(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor],
                    bias: Optional[Tensor], running_mean: Optional[Tensor],
                    running_var: Optional[Tensor], training: bool, momentum: float, eps: float,
                    act: str = "relu", negative_slope: float = 0.01, save_output: bool = False,
-                   weight_eps: float = 1e-5) -> Tensor:
-    """act(batch_norm(x) + residual), functional form (momentum: this batch's weight)."""
+                   weight_eps: float = _WEIGHT_EPS) -> Tensor:
+    """act(batch_norm(x) + residual), functional form (momentum: this batch's weight).
+
+    Training (or no running statistics) normalizes with the batch statistics
+    and updates the running ones in place when given; otherwise the running
+    statistics normalize. Autograd runs in C++ (double backward included,
+    except with save_output=True).
+    """
     if act not in _ACTS:
         raise ValueError(f"bnorm.torch.batch_norm_act: act must be one of {sorted(_ACTS)}, "
                          f"got {act!r}")
-    code = _ACTS[act]
     if save_output:
-        if code == 1 or (code == 2 and not negative_slope > 0):
-            raise ValueError("bnorm.torch.batch_norm_act: save_output=True recomputes x_hat "
-                             "from the output and needs an invertible activation "
-                             "('identity' or 'leaky_relu' with negative_slope > 0), got "
-                             f"act={act!r}, negative_slope={negative_slope}")
+        _check_save_output("bnorm.torch.batch_norm_act", act, negative_slope)
         if residual is not None:
             raise ValueError("bnorm.torch.batch_norm_act: save_output=True cannot take a "
                              "residual (the output does not tell it apart from bn(x))")
-    if training:
-        return _FusedTrain.apply(x, residual, weight, bias, running_mean, running_var, momentum,
-                                 eps, code, negative_slope, save_output, weight_eps)
-    grads = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, residual, weight, bias))
-    if not grads:
-        return torch.ops.bnorm.fused_batch_norm_eval(x, residual, weight, bias, running_mean,
-                                                     running_var, eps, code, negative_slope,
-                                                     save_output, weight_eps)
-    # Eval with gradients (rare: fine-tuning with frozen statistics): the
-    # differentiable composition.
-    w = weight
-    if save_output and weight is not None:
-        w = weight.abs() + weight_eps
-    z = torch.nn.functional.batch_norm(x, running_mean, running_var, w, bias, False, 0.0, eps)
-    if residual is not None:
-        z = z + residual
-    return _act_reference(z, code, negative_slope)
+    code = _ACTS[act]
+    if training or running_mean is None or running_var is None:
+        return torch.ops.bnorm.fused_batch_norm_train(x, residual, weight, bias, running_mean,
+                                                      running_var, momentum, eps, code,
+                                                      negative_slope, save_output, weight_eps,
+                                                      save_output)[0]
+    return torch.ops.bnorm.fused_batch_norm_eval(x, residual, weight, bias, running_mean,
+                                                 running_var, eps, code, negative_slope,
+                                                 save_output, weight_eps)
 
 
 class _BatchNormAct(_BatchNorm):
-    """BatchNorm with a fused residual addition and activation."""
+    """BatchNorm with a fused residual addition and activation (scriptable)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, act: str = "relu",
@@ -115,13 +96,13 @@ class _BatchNormAct(_BatchNorm):
         if act not in _ACTS:
             raise ValueError(f"{type(self).__name__}: act must be one of {sorted(_ACTS)}, "
                              f"got {act!r}")
-        if save_output and (act == "relu" or (act == "leaky_relu" and not negative_slope > 0)):
-            raise ValueError(f"{type(self).__name__}: save_output=True needs an invertible "
-                             f"activation ('identity', or 'leaky_relu' with negative_slope > 0), "
-                             f"got act={act!r}, negative_slope={negative_slope}")
+        if save_output:
+            _check_save_output(type(self).__name__, act, negative_slope)
         self.act = act
-        self.negative_slope = negative_slope
+        self.negative_slope = float(negative_slope)
         self.save_output = save_output
+        # An attribute, not the global, so that TorchScript sees a constant.
+        self.weight_eps = _WEIGHT_EPS
 
     def extra_repr(self):
         return (super().extra_repr() + f", act={self.act!r}"
@@ -130,16 +111,30 @@ class _BatchNormAct(_BatchNorm):
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
+        if self.save_output and residual is not None:
+            raise ValueError("BatchNormAct: save_output=True cannot take a residual (the output "
+                             "does not tell it apart from bn(x))")
+        # The decisions of BatchNorm (modules.py): batch statistics in
+        # training or when none are tracked, running statistics otherwise.
         counter = self.num_batches_tracked
         factor, counts = _running_factor(self.momentum, counter, self.training,
                                          self.track_running_stats)
-        use_batch_stats = self.training or (self.running_mean is None
-                                            and self.running_var is None)
         pass_stats = not self.training or self.track_running_stats
-        y = batch_norm_act(input, residual, self.weight, self.bias,
-                           self.running_mean if pass_stats else None,
-                           self.running_var if pass_stats else None, use_batch_stats, factor,
-                           self.eps, self.act, self.negative_slope, self.save_output)
+        running_mean = self.running_mean if pass_stats else None
+        running_var = self.running_var if pass_stats else None
+        code = _act_code(self.act)
+        if not self.training and running_mean is not None and running_var is not None:
+            y = torch.ops.bnorm.fused_batch_norm_eval(input, residual, self.weight, self.bias,
+                                                      running_mean, running_var, self.eps, code,
+                                                      self.negative_slope, self.save_output,
+                                                      self.weight_eps)
+        else:
+            y = torch.ops.bnorm.fused_batch_norm_train(input, residual, self.weight, self.bias,
+                                                       running_mean, running_var, factor,
+                                                       self.eps, code, self.negative_slope,
+                                                       self.save_output, self.weight_eps,
+                                                       self.save_output)[0]
+        # Counted once the batch went through, so a bad input changes nothing.
         if counts and counter is not None:
             counter.add_(1)
         return y

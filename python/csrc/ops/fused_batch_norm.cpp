@@ -1,16 +1,62 @@
-// Schemas of the fused batch norm, torch.ops.bnorm.fused_*: bnorm/fused.hpp
-// as operators, y = act(bn(x) + residual). act: 0 identity, 1 relu,
-// 2 leaky_relu (slope). abs_weight: InPlace-ABN's gamma_eff = |gamma| +
-// weight_eps. bnorm.torch.BatchNormAct (python/bnorm/torch/fused.py) runs
-// them inside its autograd function; they have CPU kernels only.
+// Schemas of the fused batch norm, torch.ops.bnorm.fused_*, and the C++
+// entry points that call them through the dispatcher (fused_batch_norm.h).
+// The training and backward ops have autograd kernels in C++, so modules
+// built on them (bnorm.torch.BatchNormAct) can be scripted.
+#include "fused_batch_norm.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+namespace bnorm::ops {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_batch_norm_train(
+    const at::Tensor& input, const c10::optional<at::Tensor>& residual,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    double momentum, double eps, int64_t act, double slope, bool abs_weight, double weight_eps,
+    bool save_output) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bnorm::fused_batch_norm_train", "")
+                       .typed<decltype(fused_batch_norm_train)>();
+  return op.call(input, residual, weight, bias, running_mean, running_var, momentum, eps, act,
+                 slope, abs_weight, weight_eps, save_output);
+}
+
+at::Tensor fused_batch_norm_eval(const at::Tensor& input, const c10::optional<at::Tensor>& residual,
+                                 const c10::optional<at::Tensor>& weight,
+                                 const c10::optional<at::Tensor>& bias,
+                                 const at::Tensor& running_mean, const at::Tensor& running_var,
+                                 double eps, int64_t act, double slope, bool abs_weight,
+                                 double weight_eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bnorm::fused_batch_norm_eval", "")
+                       .typed<decltype(fused_batch_norm_eval)>();
+  return op.call(input, residual, weight, bias, running_mean, running_var, eps, act, slope,
+                 abs_weight, weight_eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_batch_norm_backward(
+    const at::Tensor& grad_out, const at::Tensor& output, const c10::optional<at::Tensor>& input,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, int64_t act, double slope,
+    bool abs_weight, double weight_eps, bool from_output, std::array<bool, 4> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("bnorm::fused_batch_norm_backward", "")
+                       .typed<decltype(fused_batch_norm_backward)>();
+  return op.call(grad_out, output, input, weight, bias, save_mean, save_invstd, act, slope,
+                 abs_weight, weight_eps, from_output, output_mask);
+}
+
+}  // namespace bnorm::ops
 
 TORCH_LIBRARY_FRAGMENT(bnorm, m) {
   // (y, save_mean, save_invstd); the running statistics updated in place.
+  // save_output: backward from the output (autograd keeps y, not input).
   m.def(
       "fused_batch_norm_train(Tensor input, Tensor? residual, Tensor? weight, Tensor? bias, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps, int act, "
-      "float slope, bool abs_weight, float weight_eps) -> (Tensor, Tensor, Tensor)");
+      "float slope, bool abs_weight, float weight_eps, bool save_output=False) -> "
+      "(Tensor, Tensor, Tensor)");
   // y with the running statistics.
   m.def(
       "fused_batch_norm_eval(Tensor input, Tensor? residual, Tensor? weight, Tensor? bias, "

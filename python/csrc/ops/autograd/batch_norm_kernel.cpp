@@ -7,22 +7,15 @@
 #include <torch/library.h>
 
 #include "../batch_norm.h"
+#include "autograd.h"
 
 namespace bnorm::ops {
+namespace autograd {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
-
-bool given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-bool wants_grad(const c10::optional<at::Tensor>& t) { return given(t) && t->requires_grad(); }
-
-// The in-place update of the running statistics bypasses ADInplaceOrView:
-// bump their versions so that saved copies of them notice.
-void mark_written(const c10::optional<at::Tensor>& t) {
-  if (given(t)) t->unsafeGetTensorImpl()->bump_version();
-}
 
 // Which of a node's three differentiable inputs asked for a gradient.
 void save_mask(AutogradContext* ctx, bool first, bool second, bool third) {
@@ -113,6 +106,8 @@ at::Tensor per_channel(const at::Tensor& v, const at::Tensor& x) {
   return v.reshape(shape);
 }
 
+}  // namespace
+
 // Double backward. The backward op maps (dy, x, gamma) to (dx, dgamma,
 // dbeta); given the gradients (ggx, ggg, ggb) of a loss L2 with respect to
 // those, this returns dL2/d(dy), dL2/dx and dL2/dgamma. Per channel, with m
@@ -132,10 +127,6 @@ at::Tensor per_channel(const at::Tensor& v, const at::Tensor& x) {
 //   eval (mean and s constants): dx = g s dy
 //     dL2/d(dy) = g s ggx + ggg x_hat + ggb,  dL2/dg = s sum ggx dy,
 //     dL2/dx = ggg s dy
-struct DoubleBackward {
-  at::Tensor d_dy, d_x, d_weight;
-};
-
 DoubleBackward double_backward(const at::Tensor& ggx, const at::Tensor& ggg, const at::Tensor& ggb,
                                const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
                                const at::Tensor& mean_in, const at::Tensor& invstd_in, bool train) {
@@ -182,6 +173,8 @@ DoubleBackward double_backward(const at::Tensor& ggx, const at::Tensor& ggg, con
                                  : at::zeros_like(weight);
   return out;
 }
+
+namespace {
 
 class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
  public:
@@ -270,8 +263,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_autograd(
 }
 
 }  // namespace
+}  // namespace autograd
 
 TORCH_LIBRARY_IMPL(bnorm, Autograd, m) {
+  using namespace autograd;
   m.impl("batch_norm_train", &batch_norm_train_autograd);
   m.impl("batch_norm_eval", &batch_norm_eval_autograd);
   m.impl("batch_norm_backward", &batch_norm_backward_autograd);

@@ -1,11 +1,13 @@
 // CPU kernels of torch.ops.bnorm.fused_* and fold_batch_norm: tensors in,
 // bnorm/fused.hpp over their memory, tensors out (layouts and dtypes as
-// tensors.h describes; residual and grad_out follow the input's layout).
+// tensors.h describes; residual and grad_out follow the input's layout). An
+// empty batch (N = 0) gives empty outputs and leaves the running statistics
+// alone, as torch.ops.bnorm.batch_norm does; bnorm/fused.hpp itself, like
+// bnorm.hpp, requires n >= 1.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <bnorm/fused.hpp>
-#include <vector>
 
 #include "tensors.h"
 
@@ -26,51 +28,43 @@ Epilogue epilogue_of(const char* fn, int64_t act, double slope, bool abs_weight,
   return e;
 }
 
-// A tensor of input's sizes and dtype (residual, grad_out, output), in the
-// given layout; undefined for None.
-at::Tensor like_input(const char* fn, const char* name, const c10::optional<at::Tensor>& t,
-                      const at::Tensor& input, bool channels_last) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  TORCH_CHECK_VALUE(t->sizes() == input.sizes(), "bnorm.", fn, ": ", name,
-                    " must have input's sizes ", sizes_str(input), ", got ", sizes_str(*t));
-  TORCH_CHECK_VALUE(t->scalar_type() == input.scalar_type(), "bnorm.", fn, ": ", name,
-                    " must have input's dtype ", input.scalar_type(), ", got ", t->scalar_type());
-  TORCH_CHECK_VALUE(t->device().is_cpu(), "bnorm.", fn, ": ", name, " must be on the CPU");
-  return in_layout(*t, channels_last);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_train_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& residual_opt,
     const c10::optional<at::Tensor>& weight_opt, const c10::optional<at::Tensor>& bias_opt,
     const c10::optional<at::Tensor>& running_mean_opt,
     const c10::optional<at::Tensor>& running_var_opt, double momentum, double eps, int64_t act,
-    double slope, bool abs_weight, double weight_eps) {
+    double slope, bool abs_weight, double weight_eps, bool save_output) {
   constexpr const char* fn = "fused_batch_norm_train";
   check_input(fn, input);
   const Epilogue e = epilogue_of(fn, act, slope, abs_weight, weight_eps);
+  const bool residual = residual_opt.has_value() && residual_opt->defined();
+  // The backward from the output needs act^-1, and y = act(bn(x) + r)
+  // cannot tell r apart from bn(x).
+  TORCH_CHECK_VALUE(!save_output || act == 0 || (act == 2 && slope > 0), "bnorm.", fn,
+                    ": save_output=True recomputes x_hat from the output and needs an invertible "
+                    "activation (act 0, or 2 with slope > 0), got act ",
+                    act, ", slope ", slope);
+  TORCH_CHECK_VALUE(!save_output || !residual, "bnorm.", fn,
+                    ": save_output=True cannot take a residual (the output does not tell it "
+                    "apart from bn(x))");
   const bool channels_last = is_channels_last(input);
   const at::Tensor x = in_layout(input, channels_last);
   const at::Tensor r = like_input(fn, "residual", residual_opt, input, channels_last);
   const at::Tensor weight = channel_vector(fn, "weight", weight_opt, input);
   const at::Tensor bias = channel_vector(fn, "bias", bias_opt, input);
-  const at::Tensor running_mean = channel_vector(fn, "running_mean", running_mean_opt, input);
-  const at::Tensor running_var = channel_vector(fn, "running_var", running_var_opt, input);
-  const int64_t c = input.size(1);
-  const auto stat_options = input.options().dtype(param_type(input));
+  const auto [running_mean, running_var] =
+      running_stats(fn, running_mean_opt, running_var_opt, input);
+  if (input.numel() == 0) return empty_batch_forward(input);
   at::Tensor y = empty_in_layout(x, channels_last);
-  at::Tensor save_mean = at::empty({c}, stat_options), save_invstd = at::empty({c}, stat_options);
+  at::Tensor save_mean = at::empty({input.size(1)}, stat_options(input));
+  at::Tensor save_invstd = at::empty({input.size(1)}, stat_options(input));
   const Shape shape = shape_of(x, channels_last);
-  Options options;
-  options.eps = eps;
-  options.momentum = momentum;
-  dispatch(input, [&](auto zero) {
-    using T = decltype(zero);
+  run_typed(input, [&]<class T>() {
     using P = param_t<T>;
-    run([&] {
-      fused_forward_training<T>(shape, data<T>(x), data<T>(r), data<P>(weight), data<P>(bias),
-                                data<T>(y), data<P>(save_mean), data<P>(save_invstd),
-                                data<P>(running_mean), data<P>(running_var), options, e);
-    });
+    fused_forward_training<T>(shape, data<T>(x), data<T>(r), data<P>(weight), data<P>(bias),
+                              data<T>(y), data<P>(save_mean), data<P>(save_invstd),
+                              data<P>(running_mean), data<P>(running_var),
+                              options_of(eps, momentum), e);
   });
   write_back(running_mean_opt, running_mean);
   write_back(running_var_opt, running_var);
@@ -93,16 +87,13 @@ at::Tensor fused_eval_cpu(const at::Tensor& input, const c10::optional<at::Tenso
   const at::Tensor bias = channel_vector(fn, "bias", bias_opt, input);
   const at::Tensor running_mean = channel_vector(fn, "running_mean", running_mean_in, input);
   const at::Tensor running_var = channel_vector(fn, "running_var", running_var_in, input);
+  if (input.numel() == 0) return at::empty_like(input);
   at::Tensor y = empty_in_layout(x, channels_last);
-  if (input.numel() == 0) return y;
   const Shape shape = shape_of(x, channels_last);
-  dispatch(input, [&](auto zero) {
-    using T = decltype(zero);
+  run_typed(input, [&]<class T>() {
     using P = param_t<T>;
-    run([&] {
-      fused_forward_inference<T>(shape, data<T>(x), data<T>(r), data<P>(weight), data<P>(bias),
-                                 data<P>(running_mean), data<P>(running_var), data<T>(y), eps, e);
-    });
+    fused_forward_inference<T>(shape, data<T>(x), data<T>(r), data<P>(weight), data<P>(bias),
+                               data<P>(running_mean), data<P>(running_var), data<T>(y), eps, e);
   });
   return y;
 }
@@ -127,40 +118,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cpu(
   const at::Tensor mean = channel_vector(fn, "save_mean", save_mean_in, output);
   const at::Tensor invstd = channel_vector(fn, "save_invstd", save_invstd_in, output);
   const int64_t c = output.size(1);
-  const auto stat_options = output.options().dtype(param_type(output));
   at::Tensor dx, dweight, dbias, dresidual;
   if (mask[0]) dx = empty_in_layout(y, channels_last);
-  if (mask[1]) dweight = at::empty({c}, stat_options);
-  if (mask[2]) dbias = at::empty({c}, stat_options);
+  if (mask[1]) dweight = at::empty({c}, stat_options(output));
+  if (mask[2]) dbias = at::empty({c}, stat_options(output));
   if (mask[3]) dresidual = empty_in_layout(y, channels_last);
-  auto as_parameter = [&](const at::Tensor& g) {
-    const bool convert = g.defined() && weight_opt.has_value() && weight_opt->defined() &&
-                         weight_opt->scalar_type() != g.scalar_type();
-    return convert ? g.to(weight_opt->scalar_type()) : g;
-  };
+  if (output.numel() == 0) {
+    // An empty batch: empty dx and dresidual, and sums over nothing.
+    if (dweight.defined()) dweight.zero_();
+    if (dbias.defined()) dbias.zero_();
+    return {dx, as_parameter(dweight, weight_opt), as_parameter(dbias, weight_opt), dresidual};
+  }
   const Shape shape = shape_of(y, channels_last);
-  dispatch(output, [&](auto zero) {
-    using T = decltype(zero);
+  run_typed(output, [&]<class T>() {
     using P = param_t<T>;
-    run([&] {
-      if (from_output) {
-        fused_backward_from_output<T>(shape, data<T>(dy), data<T>(y), data<P>(weight),
-                                      data<P>(bias), data<P>(invstd), data<T>(dx), data<P>(dweight),
-                                      data<P>(dbias), e);
-        // dresidual = dz: there is no residual in this mode, but the mask is
-        // the same; asked for only by tests.
-        if (dresidual.defined())
-          fused_backward<T>(shape, data<T>(dy), data<T>(y), data<T>(y), data<P>(weight),
-                            data<P>(mean), data<P>(invstd), nullptr, nullptr, nullptr,
-                            data<T>(dresidual), e);
-      } else {
-        fused_backward<T>(shape, data<T>(dy), data<T>(y), data<T>(x), data<P>(weight),
-                          data<P>(mean), data<P>(invstd), data<T>(dx), data<P>(dweight),
-                          data<P>(dbias), data<T>(dresidual), e);
-      }
-    });
+    if (from_output) {
+      fused_backward_from_output<T>(shape, data<T>(dy), data<T>(y), data<P>(weight), data<P>(bias),
+                                    data<P>(invstd), data<T>(dx), data<P>(dweight), data<P>(dbias),
+                                    e);
+      // dresidual = dz: there is no residual in this mode, but the mask is
+      // the same; asked for only by tests.
+      if (dresidual.defined())
+        fused_backward<T>(shape, data<T>(dy), data<T>(y), data<T>(y), data<P>(weight),
+                          data<P>(mean), data<P>(invstd), nullptr, nullptr, nullptr,
+                          data<T>(dresidual), e);
+    } else {
+      fused_backward<T>(shape, data<T>(dy), data<T>(y), data<T>(x), data<P>(weight), data<P>(mean),
+                        data<P>(invstd), data<T>(dx), data<P>(dweight), data<P>(dbias),
+                        data<T>(dresidual), e);
+    }
   });
-  return {dx, as_parameter(dweight), as_parameter(dbias), dresidual};
+  return {dx, as_parameter(dweight, weight_opt), as_parameter(dbias, weight_opt), dresidual};
 }
 
 std::tuple<at::Tensor, at::Tensor> fold_cpu(const at::Tensor& weight_in,
@@ -189,13 +177,10 @@ std::tuple<at::Tensor, at::Tensor> fold_cpu(const at::Tensor& weight_in,
     b = bias_opt->to(w.scalar_type()).contiguous();
   }
   at::Tensor w_out = at::empty_like(w), b_out = at::empty({out}, w.options());
-  dispatch(w, [&](auto zero) {
-    using T = decltype(zero);
+  run_typed(w, [&]<class T>() {
     using P = param_t<T>;
-    run([&] {
-      fold_batch_norm<T>(out, fan_in, data<T>(w), data<T>(b), data<P>(bn_weight), data<P>(bn_bias),
-                         data<P>(rm), data<P>(rv), eps, data<T>(w_out), data<T>(b_out));
-    });
+    fold_batch_norm<T>(out, fan_in, data<T>(w), data<T>(b), data<P>(bn_weight), data<P>(bn_bias),
+                       data<P>(rm), data<P>(rv), eps, data<T>(w_out), data<T>(b_out));
   });
   return {w_out, b_out};
 }

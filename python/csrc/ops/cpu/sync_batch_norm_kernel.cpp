@@ -28,12 +28,9 @@ std::tuple<at::Tensor, at::Tensor> sync_local_moments_cpu(const at::Tensor& inpu
   const at::Tensor x = in_layout(input, channels_last);
   const auto options = input.options().dtype(at::kDouble);
   at::Tensor mean = at::empty({input.size(1)}, options), m2 = at::empty({input.size(1)}, options);
-  dispatch(input, [&](auto zero) {
-    using T = decltype(zero);
-    run([&] {
-      distributed::local_moments<T>(shape_of(x, channels_last), data<T>(x), data<double>(mean),
-                                    data<double>(m2));
-    });
+  run_typed(input, [&]<class T>() {
+    distributed::local_moments<T>(shape_of(x, channels_last), data<T>(x), data<double>(mean),
+                                  data<double>(m2));
   });
   return {mean, m2};
 }
@@ -60,15 +57,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sync_forward_cpu(
   Options options;
   options.eps = eps;
   options.momentum = momentum;
-  dispatch(input, [&](auto zero) {
-    using T = decltype(zero);
+  run_typed(input, [&]<class T>() {
     using P = param_t<T>;
-    run([&] {
-      distributed::forward_with_moments<T>(
-          shape_of(x, channels_last), data<T>(x), data<P>(weight), data<P>(bias),
-          data<double>(mean), data<double>(var), count, data<T>(y), data<P>(save_mean),
-          data<P>(save_invstd), data<P>(running_mean), data<P>(running_var), options);
-    });
+    distributed::forward_with_moments<T>(
+        shape_of(x, channels_last), data<T>(x), data<P>(weight), data<P>(bias), data<double>(mean),
+        data<double>(var), count, data<T>(y), data<P>(save_mean), data<P>(save_invstd),
+        data<P>(running_mean), data<P>(running_var), options);
   });
   write_back(running_mean_opt, running_mean);
   write_back(running_var_opt, running_var);
@@ -92,14 +86,11 @@ std::tuple<at::Tensor, at::Tensor> sync_local_backward_sums_cpu(const at::Tensor
   const auto options = input.options().dtype(at::kDouble);
   at::Tensor sum_dy = at::empty({input.size(1)}, options);
   at::Tensor sum_dy_xhat = at::empty({input.size(1)}, options);
-  dispatch(input, [&](auto zero) {
-    using T = decltype(zero);
+  run_typed(input, [&]<class T>() {
     using P = param_t<T>;
-    run([&] {
-      distributed::local_backward_sums<T>(shape_of(x, channels_last), data<T>(dy), data<T>(x),
-                                          data<P>(save_mean), data<P>(save_invstd),
-                                          data<double>(sum_dy), data<double>(sum_dy_xhat));
-    });
+    distributed::local_backward_sums<T>(shape_of(x, channels_last), data<T>(dy), data<T>(x),
+                                        data<P>(save_mean), data<P>(save_invstd),
+                                        data<double>(sum_dy), data<double>(sum_dy_xhat));
   });
   return {sum_dy, sum_dy_xhat};
 }
@@ -123,15 +114,11 @@ at::Tensor sync_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input
   const at::Tensor x = in_layout(input, channels_last);
   const at::Tensor dy = in_layout(grad_out, channels_last);
   at::Tensor dx = empty_in_layout(x, channels_last);
-  dispatch(input, [&](auto zero) {
-    using T = decltype(zero);
+  run_typed(input, [&]<class T>() {
     using P = param_t<T>;
-    run([&] {
-      distributed::backward_with_sums<T>(shape_of(x, channels_last), data<T>(dy), data<T>(x),
-                                         data<P>(weight), data<P>(save_mean), data<P>(save_invstd),
-                                         data<double>(sum_dy), data<double>(sum_dy_xhat), count,
-                                         data<T>(dx));
-    });
+    distributed::backward_with_sums<T>(
+        shape_of(x, channels_last), data<T>(dy), data<T>(x), data<P>(weight), data<P>(save_mean),
+        data<P>(save_invstd), data<double>(sum_dy), data<double>(sum_dy_xhat), count, data<T>(dx));
   });
   return dx;
 }

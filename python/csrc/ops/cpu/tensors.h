@@ -15,6 +15,8 @@
 #include <bnorm/bnorm.hpp>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace bnorm::ops::cpu {
@@ -130,6 +132,63 @@ inline at::Tensor channel_vector(const char* fn, const char* name,
   return t->scalar_type() == want ? t->contiguous() : t->to(want).contiguous();
 }
 
+// A tensor of input's sizes and dtype (grad_out, residual, output), on the
+// CPU, in the given layout; undefined for None.
+inline at::Tensor like_input(const char* fn, const char* name, const c10::optional<at::Tensor>& t,
+                             const at::Tensor& input, bool channels_last) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  TORCH_CHECK_VALUE(t->sizes() == input.sizes(), "bnorm.", fn, ": ", name,
+                    " must have input's sizes ", sizes_str(input), ", got ", sizes_str(*t));
+  TORCH_CHECK_VALUE(t->scalar_type() == input.scalar_type(), "bnorm.", fn, ": ", name,
+                    " must have input's dtype ", input.scalar_type(), ", got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->device().is_cpu(), "bnorm.", fn, ": ", name, " must be on the CPU, got ",
+                    t->device());
+  return in_layout(*t, channels_last);
+}
+
+// The running statistics of a training forward: both given or both None,
+// each checked as channel_vector does (the kernel writes them in place: the
+// caller's own tensors, or converted copies for write_back).
+inline std::pair<at::Tensor, at::Tensor> running_stats(const char* fn,
+                                                       const c10::optional<at::Tensor>& mean,
+                                                       const c10::optional<at::Tensor>& var,
+                                                       const at::Tensor& input) {
+  const bool have_mean = mean.has_value() && mean->defined();
+  const bool have_var = var.has_value() && var->defined();
+  TORCH_CHECK_VALUE(have_mean == have_var, "bnorm.", fn,
+                    ": running_mean and running_var must both be given or both None");
+  return {channel_vector(fn, "running_mean", mean, input),
+          channel_vector(fn, "running_var", var, input)};
+}
+
+// The dtype and device of the saved statistics and the parameter gradients.
+inline at::TensorOptions stat_options(const at::Tensor& input) {
+  return input.options().dtype(param_type(input));
+}
+
+// An empty batch, as torch: an empty output, zero saved statistics, and the
+// running statistics left alone (there is nothing to average).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_batch_forward(const at::Tensor& input) {
+  const int64_t c = input.size(1);
+  return {at::empty_like(input), at::zeros({c}, stat_options(input)),
+          at::zeros({c}, stat_options(input))};
+}
+
+// A parameter gradient in the weight's dtype (float32 or, for a model
+// converted to 16 bits, the input's), as autograd requires.
+inline at::Tensor as_parameter(const at::Tensor& grad, const c10::optional<at::Tensor>& weight) {
+  const bool convert = grad.defined() && weight.has_value() && weight->defined() &&
+                       weight->scalar_type() != grad.scalar_type();
+  return convert ? grad.to(weight->scalar_type()) : grad;
+}
+
+inline Options options_of(double eps, double momentum) {
+  Options options;
+  options.eps = eps;
+  options.momentum = momentum;
+  return options;
+}
+
 // Writes a kernel's result back to the caller's tensor when the kernel
 // worked on a converted or packed copy of it.
 inline void write_back(const c10::optional<at::Tensor>& original, const at::Tensor& computed) {
@@ -168,6 +227,13 @@ void dispatch(const at::Tensor& input, F&& f) {
     default:
       f(float{});
   }
+}
+
+// kernel.template operator()<T>() for the input's element type, bnorm's
+// argument errors as ValueError; kernels are written [&]<class T>() { ... }.
+template <class F>
+void run_typed(const at::Tensor& input, F&& kernel) {
+  dispatch(input, [&](auto zero) { run([&] { kernel.template operator()<decltype(zero)>(); }); });
 }
 
 }  // namespace bnorm::ops::cpu
