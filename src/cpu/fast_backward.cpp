@@ -145,7 +145,7 @@ void ReduceAll(const Shape& shape, const T* dy, const T* x, const param_t<T>* mu
     const NchwPlan plan = nchw_plan(shape, 2, sizeof(T));
     const int64_t units = c * plan.groups;
     std::vector<Pair> part(static_cast<size_t>(units));
-#pragma omp parallel for schedule(dynamic) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, channel_chunk(units, nt)) num_threads(nt)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t k = u / plan.groups, g = u % plan.groups;
       part[size_t(u)] = NchwUnitDot(shape, dy, x, k, g * plan.group,
@@ -307,7 +307,7 @@ void Backward(const Shape& shape, const T* dy, const T* x, T* dx,
     const int nt = threads_for(shape, sizeof(T));
     const bool stream = stream_output(shape, dx);
     const int64_t n = shape.n, s = shape.s;
-#pragma omp parallel for schedule(dynamic) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, channel_chunk(c, nt)) num_threads(nt)
     for (int64_t k = 0; k < c; ++k) {
       const Pair sums = NchwUnitDot(shape, dy, x, k, 0, n, mu[k]);
       P a, b, cc;

@@ -217,7 +217,7 @@ void ForwardTraining(const Shape& shape, const T* x, T* y, const ForwardOutputs<
     const int nt = threads_for(shape, sizeof(T));
     const bool stream = stream_output(shape, y);
     const int64_t n = shape.n, s = shape.s;
-#pragma omp parallel for schedule(dynamic) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, channel_chunk(c, nt)) num_threads(nt)
     for (int64_t k = 0; k < c; ++k) {
       const Moments mo = NchwUnitMoments(shape, x, k, 0, n);
       P mu, scale, shift;

@@ -278,7 +278,7 @@ void FusedReduceA(const FusedArgs<T>& a) {
     const int64_t units = c * plan.groups;
     std::vector<Pair> part(static_cast<size_t>(units));
     const int nt = threads_for(shape, sizeof(T));
-#pragma omp parallel for schedule(dynamic) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, channel_chunk(units, nt)) num_threads(nt)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t k = u / plan.groups, g = u % plan.groups;
       part[size_t(u)] = FusedUnitDot(B, shape, k, g * plan.group,

@@ -172,7 +172,7 @@ void StatsAll(const Shape& shape, const T* x, double* mean, double* var) {
     const NchwPlan plan = nchw_plan(shape, 1, sizeof(T));
     const int64_t units = c * plan.groups;
     std::vector<Moments> part(static_cast<size_t>(units));
-#pragma omp parallel for schedule(dynamic) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, channel_chunk(units, nt)) num_threads(nt)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t k = u / plan.groups, g = u % plan.groups;
       part[size_t(u)] =
