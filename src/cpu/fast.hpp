@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "renorm.hpp"
 
@@ -86,8 +87,10 @@ inline void finish_forward_channel(const ForwardOutputs<P>& p, double m, int64_t
   // of P's range (float32 channels spread over 1e38), x - mu could overflow:
   // y = x * scale + (b - mean * g * invstd) instead, whose terms stay within
   // sqrt(m) + |mean| / std of y's size (both bounded there by 2 sqrt(m)).
-  if (std::abs(mean - double(mu)) + std::sqrt(m * var) >
-      0.5 * double(std::numeric_limits<P>::max())) {
+  // (Squared for float, whose half range squared fits a double: a sqrt per
+  // channel showed in the 2048-channel rows.)
+  const double room = 0.5 * double(std::numeric_limits<P>::max()) - std::abs(mean - double(mu));
+  if (std::is_same_v<P, double> ? std::sqrt(m * var) > room : m * var > room * room) {
     mu = P(0);
     shift = P(b - mean * g * invstd);
   }

@@ -99,6 +99,29 @@ void ShiftedBlock(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t m,
   }
 }
 
+// The range fallbacks (fast_common-inl.h) for the channels of a column
+// block whose moments mo call for them: the pilot-centered passes again on
+// scaled values. Out of line, so that ColumnForward's loops compile as
+// before.
+template <int NV, int kScale, class T>
+HWY_NOINLINE void ColumnRescale(const T* HWY_RESTRICT x, int64_t c, int64_t k0, int64_t m,
+                                Moments* mo) {
+  using P = param_t<T>;
+  const int64_t W = NV * LanesOf<T>(), pilot = pilot_rows(m);
+  std::vector<double> sum(static_cast<size_t>(c)), dev(static_cast<size_t>(c)),
+      sq(static_cast<size_t>(c));
+  std::vector<P> mu(static_cast<size_t>(c));
+  SumBlock<NV, kScale>(x, c, k0, 0, pilot, sum.data());
+  for (int64_t k = k0; k < k0 + W; ++k) mu[size_t(k)] = P(sum[size_t(k)] / double(pilot));
+  CenteredBlock<NV, kScale>(x, c, k0, 0, m, mu.data(), dev.data(), sq.data());
+  for (int64_t k = k0; k < k0 + W; ++k) {
+    if (RescaleOf<P>(mo[k - k0]) != kScale) continue;
+    const double e = dev[size_t(k)] / double(m);
+    mo[k - k0] = Rescued<kScale, P>(
+        mo[k - k0], {double(m), double(mu[size_t(k)]) + e, sq[size_t(k)] - dev[size_t(k)] * e});
+  }
+}
+
 // Statistics, finishing and y for channels [k0, k0 + NV * N) over all m rows.
 template <int NV, class T>
 void ColumnForward(const T* HWY_RESTRICT x, T* HWY_RESTRICT y, int64_t c, int64_t m, int64_t k0,
@@ -133,25 +156,8 @@ void ColumnForward(const T* HWY_RESTRICT x, T* HWY_RESTRICT y, int64_t c, int64_
     down |= RescaleOf<P>(mo[k - k0]) < 0;
     up |= RescaleOf<P>(mo[k - k0]) > 0;
   }
-  // The range fallbacks (fast_common-inl.h), for the channels that need
-  // them: the pilot-centered passes again on scaled values.
-  const auto redo = [&]<int kScale>() {
-    std::vector<P> scaled_mu(static_cast<size_t>(c));
-    std::fill(sum + k0, sum + k0 + W, 0.0);
-    std::fill(dev + k0, dev + k0 + W, 0.0);
-    std::fill(sq + k0, sq + k0 + W, 0.0);
-    SumBlock<NV, kScale>(x, c, k0, 0, pilot, sum);
-    for (int64_t k = k0; k < k0 + W; ++k) scaled_mu[size_t(k)] = P(sum[k] / double(pilot));
-    CenteredBlock<NV, kScale>(x, c, k0, 0, m, scaled_mu.data(), dev, sq);
-    for (int64_t k = k0; k < k0 + W; ++k) {
-      if (RescaleOf<P>(mo[k - k0]) != kScale) continue;
-      const double e = dev[k] / double(m);
-      mo[k - k0] = Rescued<kScale, P>(
-          mo[k - k0], {double(m), double(scaled_mu[size_t(k)]) + e, sq[k] - dev[k] * e});
-    }
-  };
-  if (down) redo.template operator()<-1>();
-  if (up) redo.template operator()<1>();
+  if (down) ColumnRescale<NV, -1>(x, c, k0, m, mo);
+  if (up) ColumnRescale<NV, 1>(x, c, k0, m, mo);
   for (int64_t k = k0; k < k0 + W; ++k)
     finish_forward_channel(out, double(m), k, mo[k - k0].mean, mo[k - k0].m2 / double(m), mu[k],
                            scale[k], shift[k]);
