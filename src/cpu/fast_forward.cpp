@@ -153,8 +153,9 @@ void ColumnForward(const T* HWY_RESTRICT x, T* HWY_RESTRICT y, int64_t c, int64_
   for (int64_t k = k0; k < k0 + W; ++k) {
     const double e = dev[k] / double(m);
     mo[k - k0] = {double(m), double(mu[k]) + e, sq[k] - dev[k] * e};
-    down |= RescaleOf<P>(mo[k - k0]) < 0;
-    up |= RescaleOf<P>(mo[k - k0]) > 0;
+    const int rescale = RescaleOf<P>(mo[k - k0]);
+    down |= rescale < 0;
+    up |= rescale > 0;
   }
   if (down) ColumnRescale<NV, -1>(x, c, k0, m, mo);
   if (up) ColumnRescale<NV, 1>(x, c, k0, m, mo);
