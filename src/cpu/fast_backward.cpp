@@ -324,8 +324,9 @@ void Backward(const Shape& shape, const T* dy, const T* x, T* dx,
     const bool stream = dx && stream_output(shape, dx);
     const int64_t rows = shape.m();
     std::vector<P> a(static_cast<size_t>(c)), b(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
-    // Rows of a page or more: dx goes row by row (DxAll), as in the forward.
-    const bool split = c * int64_t(sizeof(T)) >= 4096;
+    // Rows of kRowSplitBytes or more: dx goes row by row (DxAll), as in the
+    // forward.
+    const bool split = c * int64_t(sizeof(T)) >= kRowSplitBytes;
     T* dxc = split ? nullptr : dx;
     ForColumns<T>(
         shape,

@@ -242,10 +242,10 @@ void ForwardTraining(const Shape& shape, const T* x, T* y, const ForwardOutputs<
     const int64_t rows = shape.m();
     std::vector<P> mu(static_cast<size_t>(c)), scale(static_cast<size_t>(c)),
         shift(static_cast<size_t>(c));
-    // Rows of a page or more: the normalize pass goes row by row instead of
-    // down the column blocks, where every row would be a new page and the
-    // hardware prefetchers would not follow.
-    const bool split = c * int64_t(sizeof(T)) >= 4096;
+    // Rows of kRowSplitBytes or more: the normalize pass goes row by row
+    // instead of down the column blocks, where the hardware prefetchers
+    // would not follow (fast_plan.hpp).
+    const bool split = c * int64_t(sizeof(T)) >= kRowSplitBytes;
     T* yc = split ? nullptr : y;
     ForColumns<T>(
         shape,

@@ -29,7 +29,7 @@ std::vector<Shape> path_shapes() {
   // Rows too many for channel-column units: row units, wide and partial
   // channel blocks.
   shapes.push_back({2, 80, 9000, Layout::NHWC});
-  // Channel-column units over rows of a page or more (statistics down the
+  // Channel-column units over rows of kRowSplitBytes or more (statistics down the
   // columns, y row by row), with a scalar channel tail.
   shapes.push_back({48, 1030, 1, Layout::NCHW});
   shapes.push_back({3, 1100, 7, Layout::NHWC});
