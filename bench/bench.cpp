@@ -13,7 +13,8 @@
 // Fused ops (--ops; bnorm/fused.hpp), bnorm's bytes: relu-fwd 3B (read x
 // twice, write y = relu(bn(x))), add-relu-fwd 4B (and read the residual r),
 // relu-bwd 7B (read dy, y (the mask) and x in the reduction and again in the
-// dx pass, write dx), add-relu-bwd 8B (and write dresidual). Their anchors:
+// dx pass, write dx), add-relu-bwd 7B (the reduction also writes dresidual =
+// dz, which the dx pass reads with x in place of dy and y). Their anchors:
 // oneDNN's batch norm with fuse_norm_relu (relu rows only: oneDNN has no
 // add+ReLU fusion on the CPU), which keeps a 1-bit-per-element workspace in
 // place of y (fwd 3B + B/32 for f32, bwd 5B + 2 x B/32); PyTorch's unfused
@@ -164,9 +165,8 @@ double byte_factor(Op op) {
     case Op::add_relu_fwd:
       return 4;
     case Op::relu_bwd:
-      return 7;
     case Op::add_relu_bwd:
-      return 8;
+      return 7;
   }
   return 0;
 }
@@ -773,7 +773,7 @@ int main(int argc, char** argv) {
     if (r.dtype == DType::f32) f32_ms[r.key()] = r.ms[0];
   std::ostringstream out;
   out << "Byte model: fwd-train 3x, fwd-infer 2x, bwd 5x the tensor's bytes in the row's dtype; "
-         "fused (bnorm's): relu-fwd 3x, add-relu-fwd 4x, relu-bwd 7x, add-relu-bwd 8x. Fused "
+         "fused (bnorm's): relu-fwd 3x, add-relu-fwd 4x, relu-bwd 7x, add-relu-bwd 7x. Fused "
          "rows: oneDNN is its fuse_norm_relu (no add+ReLU fusion: n/a), PyTorch its unfused "
          "native_batch_norm, add_, relu_ (backward threshold_backward, "
          "native_batch_norm_backward). "

@@ -173,8 +173,21 @@ void fused_backward(const Shape& shape, const T* dy, const T* y, const T* x,
   a.sum_dz = sum_dz.data();
   a.sum_dz_g = sum_dz_xmu.data();
   a.p[0] = save_mean;
-  // dresidual alone needs no sums (dz is elementwise).
-  if (dx || dweight || dbias) cpu::fused_reduce_fast(a);
+  // dresidual alone needs no sums (dz is elementwise). With the sums, the
+  // reduction writes dresidual = dz on its way and the dx pass reads it
+  // back in place of dy and y: one tensor less to read (8 to 7 times the
+  // tensor's bytes), where dz is exact in T (not leaky_relu's dy * slope
+  // in a 16-bit type).
+  const bool reduce = dx || dweight || dbias;
+  if (reduce && dresidual &&
+      (epilogue.act != Activation::leaky_relu || sizeof(T) == sizeof(param_t<T>)))
+    a.dz_out = dresidual;
+  if (reduce) cpu::fused_reduce_fast(a);
+  if (a.dz_out) {
+    a.dz_in = a.dz_out;
+    a.dz_out = nullptr;
+    dresidual = nullptr;
+  }
   finish_backward(
       a, weight, save_invstd, epilogue, [&](int64_t k) { return double(save_invstd[k]); }, dx,
       dweight, dbias, dresidual);

@@ -2,6 +2,7 @@
 // double reference (bnorm/reference_fused.hpp) and against finite
 // differences; backward from the output over a range of gamma; folding.
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <bnorm/fused.hpp>
 #include <bnorm/reference_fused.hpp>
@@ -82,11 +83,82 @@ class Fused : public ::testing::Test {};
 using Types = ::testing::Types<float, double, bfloat16, float16>;
 TYPED_TEST_SUITE(Fused, Types);
 
+// Training forward and backward of epilogue e (with a residual or not) on
+// one shape, against the reference composition: y, the statistics,
+// dresidual, dbias, dweight and dx within bounds from the types' unit
+// roundoffs and the size of the reduction.
+template <class T>
+void check_training(const Shape& shape, const Epilogue& e, bool residual, uint64_t seed) {
+  const double uT = unit_roundoff<T>(), uP = u_param<T>();
+  Case<T> t(shape, seed, residual);
+  const size_t n = size_t(shape.numel()), c = size_t(shape.c);
+  std::vector<T> y(n);
+  std::vector<P<T>> mean(c), invstd(c);
+  fused_forward_training<T>(shape, t.x.data(), t.rp(), t.weight.data(), t.bias.data(), y.data(),
+                            mean.data(), invstd.data(), nullptr, nullptr, {}, e);
+  const auto ref = reference::fused_forward_training(shape, t.xd, t.rd, t.wd, t.bd, 1e-5, e);
+  // Statistics: sums over m values (the reference's own rounding
+  // included), so the bound grows with log2(m).
+  const double stat_tol = 8 * uP * std::log2(double(shape.m()) + 1);
+  // y: one rounding to T, plus a few roundings in P of terms the size of
+  // |gamma x_hat| + |beta| + |r|, plus the statistics' error carried by
+  // gamma (x - mean) invstd: up to |gamma| (1 + |x_hat|) stat_tol.
+  double zmax = 0, carried = 0;
+  for (size_t i = 0; i < n; ++i) zmax = std::max(zmax, std::abs(ref.z[i]));
+  for (int64_t k = 0; k < shape.c; ++k)
+    for (double xv : reference::gather_channel(shape, t.xd, k))
+      carried =
+          std::max(carried, std::abs(t.wd[size_t(k)]) *
+                                (1 + std::abs((xv - ref.mean[size_t(k)]) * ref.invstd[size_t(k)])));
+  const double fwd =
+      rounding_ratio(widen<T>(y), ref.y, uT, 16 * uP * (zmax + 1) + stat_tol * carried);
+  EXPECT_LE(fwd, 1.0);
+  EXPECT_LE(scaled_error(widen<P<T>>(mean), ref.mean), stat_tol);
+  EXPECT_LE(scaled_error(widen<P<T>>(invstd), ref.invstd), stat_tol);
+
+  std::vector<T> dx(n), dr(n);
+  std::vector<P<T>> dw(c), db(c);
+  fused_backward<T>(shape, t.dy.data(), y.data(), t.x.data(), t.weight.data(), mean.data(),
+                    invstd.data(), dx.data(), dw.data(), db.data(), dr.data(), e);
+  // The mask is read off the kernel's own y (the op's contract); the
+  // reference replays those branches.
+  const auto yd = widen<T>(y);
+  const auto g = reference::fused_backward(shape, t.dyd, t.xd, t.rd, t.wd, t.bd, 1e-5, e, yd);
+  double xhat_max = 0;
+  std::vector<double> mag_b(c, 0.0), mag_w(c, 0.0);
+  for (int64_t k = 0; k < shape.c; ++k) {
+    const auto xs = reference::gather_channel(shape, t.xd, k);
+    const auto dzs = reference::gather_channel(shape, g.dresidual, k);
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const double xh = (xs[i] - ref.mean[size_t(k)]) * ref.invstd[size_t(k)];
+      xhat_max = std::max(xhat_max, std::abs(xh));
+      mag_b[size_t(k)] += std::abs(dzs[i]);
+      mag_w[size_t(k)] += std::abs(dzs[i] * xh);
+    }
+  }
+  EXPECT_LE(rounding_ratio(widen<T>(dr), g.dresidual, uT, 4 * uP), 1.0);
+  EXPECT_LE(sum_error(widen<P<T>>(db), g.dbias, mag_b), 64 * uP);
+  EXPECT_LE(sum_error(widen<P<T>>(dw), g.dweight, mag_w), 64 * uP * (1 + xhat_max));
+  // dx against its natural scale |gamma invstd dz| (dz = dresidual).
+  const double dx_err = dx_error(shape, widen<T>(dx), g.dx, g.dresidual, t.wd, ref.invstd);
+  EXPECT_LE(dx_err, 4 * uT + 64 * uP * (1 + xhat_max * xhat_max));
+  // dx alone (no dresidual for the dx pass to read dz from), and dresidual
+  // written over dy (in place): the same bits as above.
+  std::vector<T> dx_only(n), dy_inout(t.dy);
+  fused_backward<T>(shape, t.dy.data(), y.data(), t.x.data(), t.weight.data(), mean.data(),
+                    invstd.data(), dx_only.data(), nullptr, nullptr, nullptr, e);
+  EXPECT_EQ(std::memcmp(dx_only.data(), dx.data(), n * sizeof(T)), 0);
+  std::vector<T> dx_alias(n);
+  fused_backward<T>(shape, dy_inout.data(), y.data(), t.x.data(), t.weight.data(), mean.data(),
+                    invstd.data(), dx_alias.data(), nullptr, nullptr, dy_inout.data(), e);
+  EXPECT_EQ(std::memcmp(dx_alias.data(), dx.data(), n * sizeof(T)), 0);
+  EXPECT_EQ(std::memcmp(dy_inout.data(), dr.data(), n * sizeof(T)), 0);
+}
+
 // Training forward and backward of every epilogue, with and without a
 // residual, on the sweep shapes, against the reference composition.
 TYPED_TEST(Fused, TrainingMatchesReferenceComposition) {
   using T = TypeParam;
-  const double uT = unit_roundoff<T>(), uP = u_param<T>();
   uint64_t seed = 100;
   // And few channels with planes too large for one cache-resident unit: the
   // NCHW backward's reduction splits each channel into sample groups. Not
@@ -99,52 +171,43 @@ TYPED_TEST(Fused, TrainingMatchesReferenceComposition) {
     for (const Epilogue& e : epilogues())
       for (bool residual : {false, true}) {
         SCOPED_TRACE(describe(shape) + " " + act_name(e.act) + (residual ? " +r" : ""));
-        Case<T> t(shape, seed += 10, residual);
-        const size_t n = size_t(shape.numel()), c = size_t(shape.c);
-        std::vector<T> y(n);
-        std::vector<P<T>> mean(c), invstd(c);
-        fused_forward_training<T>(shape, t.x.data(), t.rp(), t.weight.data(), t.bias.data(),
-                                  y.data(), mean.data(), invstd.data(), nullptr, nullptr, {}, e);
-        const auto ref = reference::fused_forward_training(shape, t.xd, t.rd, t.wd, t.bd, 1e-5, e);
-        // y: one rounding to T, plus a few roundings in P of terms the
-        // size of |gamma x_hat| + |beta| + |r|.
-        double zmax = 0;
-        for (size_t i = 0; i < n; ++i) zmax = std::max(zmax, std::abs(ref.z[i]));
-        const double fwd = rounding_ratio(widen<T>(y), ref.y, uT, 16 * uP * (zmax + 1));
-        EXPECT_LE(fwd, 1.0);
-        // Statistics: sums over m values (the reference's own rounding
-        // included), so the bound grows with log2(m).
-        const double stat_tol = 8 * uP * std::log2(double(shape.m()) + 1);
-        EXPECT_LE(scaled_error(widen<P<T>>(mean), ref.mean), stat_tol);
-        EXPECT_LE(scaled_error(widen<P<T>>(invstd), ref.invstd), stat_tol);
-
-        std::vector<T> dx(n), dr(n);
-        std::vector<P<T>> dw(c), db(c);
-        fused_backward<T>(shape, t.dy.data(), y.data(), t.x.data(), t.weight.data(), mean.data(),
-                          invstd.data(), dx.data(), dw.data(), db.data(), dr.data(), e);
-        // The mask is read off the kernel's own y (the op's contract); the
-        // reference replays those branches.
-        const auto yd = widen<T>(y);
-        const auto g = reference::fused_backward(shape, t.dyd, t.xd, t.rd, t.wd, t.bd, 1e-5, e, yd);
-        double xhat_max = 0;
-        std::vector<double> mag_b(c, 0.0), mag_w(c, 0.0);
-        for (int64_t k = 0; k < shape.c; ++k) {
-          const auto xs = reference::gather_channel(shape, t.xd, k);
-          const auto dzs = reference::gather_channel(shape, g.dresidual, k);
-          for (size_t i = 0; i < xs.size(); ++i) {
-            const double xh = (xs[i] - ref.mean[size_t(k)]) * ref.invstd[size_t(k)];
-            xhat_max = std::max(xhat_max, std::abs(xh));
-            mag_b[size_t(k)] += std::abs(dzs[i]);
-            mag_w[size_t(k)] += std::abs(dzs[i] * xh);
-          }
-        }
-        EXPECT_LE(rounding_ratio(widen<T>(dr), g.dresidual, uT, 4 * uP), 1.0);
-        EXPECT_LE(sum_error(widen<P<T>>(db), g.dbias, mag_b), 64 * uP);
-        EXPECT_LE(sum_error(widen<P<T>>(dw), g.dweight, mag_w), 64 * uP * (1 + xhat_max));
-        // dx against its natural scale |gamma invstd dz| (dz = dresidual).
-        const double dx_err = dx_error(shape, widen<T>(dx), g.dx, g.dresidual, t.wd, ref.invstd);
-        EXPECT_LE(dx_err, 4 * uT + 64 * uP * (1 + xhat_max * xhat_max));
+        check_training<T>(shape, e, residual, seed += 10);
       }
+}
+
+// Every SIMD target this binary carries and this CPU runs, 1 and 2 threads,
+// on shapes that reach each rows-layout path of the fused reduction: channel
+// blocks walked down few rows, units of rows (many rows: 6000 of 40
+// channels; or too few channel blocks for two threads: 2000 of 40), vector
+// blocks and scalar channel tails; and NCHW channels. Under AddressSanitizer
+// (a Debug build) the shapes of up to 100k values.
+TYPED_TEST(Fused, EveryTargetAndThreadCount) {
+  using T = TypeParam;
+  const Shape shapes[] = {{8, 24, 1000, Layout::NCHW},
+                          {3, 1100, 7, Layout::NHWC},
+                          {1, 40, 6000, Layout::NHWC},
+                          {4, 40, 500, Layout::NHWC},
+                          {1000, 37, 1, Layout::NHWC}};
+  const Epilogue relu{Activation::relu, 0.0}, leaky{Activation::leaky_relu, 0.1};
+  std::vector<int64_t> targets;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) targets.push_back(target);
+  for (int64_t target : targets) {
+    hwy::SetSupportedTargetsForTest(target);
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (const Shape& shape : shapes) {
+#if defined(__SANITIZE_ADDRESS__)
+        if (shape.numel() > 100000) continue;
+#endif
+        SCOPED_TRACE(std::string(hwy::TargetName(target)) + " " + std::to_string(threads) +
+                     " threads " + describe(shape));
+        check_training<T>(shape, relu, true, 500);
+        check_training<T>(shape, leaky, true, 600);
+      }
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  set_num_threads(0);
 }
 
 TYPED_TEST(Fused, InferenceMatchesReferenceComposition) {

@@ -81,6 +81,7 @@ void fused_forward_inference(const Shape& shape, const T* x, const T* residual,
 // Training backward from the input: dy, y (the forward's output; may be null
 // for identity), x, and the forward's save_mean and save_invstd. dx,
 // dweight, dbias (c) and dresidual (numel) may each be null when not wanted.
+// Either dx or dresidual may be dy (in place); no other overlap.
 template <class T>
 void fused_backward(const Shape& shape, const T* dy, const T* y, const T* x,
                     const param_t<T>* weight, const param_t<T>* save_mean,

@@ -320,26 +320,21 @@ void Backward(const Shape& shape, const T* dy, const T* x, T* dx,
     if (stream) hwy::FlushStream();
     return;
   }
-  if (rows_layout(shape) && column_units(shape, 2)) {
+  // Column units only under kRowSplitBytes a row: over wider rows the
+  // row units below (sums, then dx row by row) were 1.03x to 1.23x faster
+  // on (64,512,7,7) and (32,256,14,14) NHWC (fast_plan.hpp).
+  if (rows_layout(shape) && column_units(shape, 2) && c * int64_t(sizeof(T)) < kRowSplitBytes) {
     const bool stream = dx && stream_output(shape, dx);
     const int64_t rows = shape.m();
     std::vector<P> a(static_cast<size_t>(c)), b(static_cast<size_t>(c)), cc(static_cast<size_t>(c));
-    // Rows of kRowSplitBytes or more: dx goes row by row (DxAll), as in the
-    // forward.
-    const bool split = c * int64_t(sizeof(T)) >= kRowSplitBytes;
-    T* dxc = split ? nullptr : dx;
     ForColumns<T>(
         shape,
         [&]<int NV>(int64_t k0) {
-          ColumnBackward<NV>(dy, x, dxc, c, rows, k0, out, stream, a.data(), b.data(), cc.data());
+          ColumnBackward<NV>(dy, x, dx, c, rows, k0, out, stream, a.data(), b.data(), cc.data());
         },
         [&](int64_t k0) {
-          ColumnBackwardTail(dy, x, dxc, c, rows, k0, out, a.data(), b.data(), cc.data());
+          ColumnBackwardTail(dy, x, dx, c, rows, k0, out, a.data(), b.data(), cc.data());
         });
-    if (split && dx) {
-      DxAll(shape, dy, x, mu, a.data(), b.data(), cc.data(), dx);
-      return;
-    }
     if (stream) hwy::FlushStream();
     return;
   }

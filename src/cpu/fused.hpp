@@ -31,6 +31,11 @@ struct FusedArgs {
   // dx = p1 * dz + p2 * (g - p0) + p3; dresidual = dz (each when non-null).
   T* dx = nullptr;
   T* dresidual = nullptr;
+  // dz_out: the reduction also stores dz there; dz_in: the dx pass reads dz
+  // from there instead of forming it from dy and y. Set together only where
+  // dz is exact in T (relu, identity, or T = P), so dx does not change.
+  T* dz_out = nullptr;
+  const T* dz_in = nullptr;
   const P* p[4] = {nullptr, nullptr, nullptr, nullptr};
 };
 
