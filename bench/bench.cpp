@@ -597,6 +597,7 @@ struct Row {
   double stream_gbs, bytes;
   DType dtype = DType::f32;
   double numel = 0;
+  double f32_ms = NAN;  // bnorm's f32 on the same case in the same turns (other dtypes)
   std::string key() const {  // the row of the same case in another dtype
     return shape + layout + op + cache + std::to_string(threads);
   }
@@ -713,9 +714,16 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   for (const Dims& dims : shapes)
-    for (auto layout : {bnorm::Layout::NCHW, bnorm::Layout::NHWC})
+    for (auto layout : {bnorm::Layout::NCHW, bnorm::Layout::NHWC}) {
+      // Rows of another dtype also time bnorm's float32 on the same case,
+      // in the same turns: their "vs f32" then compares times the
+      // machine's drift hit alike (rows of separate passes differed by up
+      // to 1.5x on this shared machine).
+      std::optional<Data> f32_data;
       for (DType dtype : cfg.dtypes) {
         Data data(dims, layout, dtype);
+        const bool twin = dtype != DType::f32;
+        if (twin && !f32_data) f32_data.emplace(dims, layout, DType::f32);
         const std::string shape_name = "(" + std::to_string(dims.n) + "," + std::to_string(dims.c) +
                                        "," + std::to_string(dims.h) + "," + std::to_string(dims.w) +
                                        ")";
@@ -727,15 +735,16 @@ int main(int argc, char** argv) {
             // it creates a primitive.
             std::vector<std::optional<std::function<void()>>> fns;
             for (auto& impl : impls) fns.push_back(impl.make(data, op));
+            if (twin) fns.push_back(impls[0].make(*f32_data, op));
             for (bool cold : {false, true}) {
-              std::vector<std::vector<double>> times(impls.size());
+              std::vector<std::vector<double>> times(fns.size());
               std::vector<double> copies;
               for (auto& f : fns)
                 if (f) (*f)();  // warm-up (first-touch, primitive caches)
               for (int r = 0; r < reps; ++r) {
                 copies.push_back(stream.run(threads));
-                for (size_t j = 0; j < impls.size(); ++j) {
-                  const size_t i = (j + size_t(r)) % impls.size();  // rotate who goes first
+                for (size_t j = 0; j < fns.size(); ++j) {
+                  const size_t i = (j + size_t(r)) % fns.size();  // rotate who goes first
                   if (!fns[i]) continue;
                   if (cold) {
                     sweep.run();
@@ -757,7 +766,8 @@ int main(int argc, char** argv) {
                       data.bytes() * byte_factor(op),
                       dtype,
                       double(data.shape.numel())};
-              for (auto& t : times) row.ms.push_back(median(t));
+              for (size_t i = 0; i < impls.size(); ++i) row.ms.push_back(median(times[i]));
+              if (twin) row.f32_ms = median(times.back());
               rows.push_back(row);
               std::fprintf(stderr, "%s %s %s %s %dT %s: bnorm %.3f ms\n", row.shape.c_str(),
                            row.layout.c_str(), dtype_name(dtype), row.op.c_str(), threads,
@@ -766,6 +776,7 @@ int main(int argc, char** argv) {
           }
         }
       }
+    }
 
   // The table.
   std::map<std::string, double> f32_ms;  // bnorm's f32 time of each case
@@ -779,8 +790,8 @@ int main(int argc, char** argv) {
          "native_batch_norm_backward). "
          "GB/s = model bytes / bnorm's median time; % STREAM = that over the STREAM copy "
          "bandwidth measured in the same turns (2 x bytes copied). Gelem/s = tensor elements / "
-         "bnorm's median time; vs f32 = bnorm's f32 time of the same case / this row's (elements "
-         "per second over bnorm's own f32).\n"
+         "bnorm's median time; vs f32 = bnorm's f32 time of the same case, timed in the same turns, "
+         "/ this row's (elements per second over bnorm's own f32).\n"
          "Speed-up = other's median ms / bnorm's; best = the faster of the others that run the "
          "dtype (n/a: cannot).\n\n";
   out << "| shape | layout | dtype | op | thr | cache |";
@@ -826,8 +837,8 @@ int main(int argc, char** argv) {
     }
     const double gbs = r.bytes / (r.ms[0] * 1e-3) / 1e9;
     double vs_f32 = NAN;
-    if (r.dtype != DType::f32 && f32_ms.count(r.key())) {
-      vs_f32 = f32_ms[r.key()] / r.ms[0];
+    if (r.dtype != DType::f32 && (std::isfinite(r.f32_ms) || f32_ms.count(r.key()))) {
+      vs_f32 = (std::isfinite(r.f32_ms) ? r.f32_ms : f32_ms[r.key()]) / r.ms[0];
       sum.vs_f32.push_back(std::log(vs_f32));
       if (r.shape == "(16,128,112,112)") sum.vs_f32_big.push_back(std::log(vs_f32));
     }

@@ -23,8 +23,9 @@ Byte model (bytes moved per element, b = element size; r: the residual):
   fused:
     forward   reads x twice, r once, writes y: 3b (+1b with r)
     backward  reads dy, y, x in the reduction and again in the dx pass,
-              writes dx (and dresidual): 7b (+1b with r)
-    total     BN+ReLU 10b, BN+add+ReLU 12b
+              writes dx: 7b; with r the reduction writes dresidual = dz
+              and the dx pass reads dz, x: also 7b
+    total     BN+ReLU 10b, BN+add+ReLU 11b
 (The 2-D statistics and dx passes reread from cache where a unit fits it, as
 bnorm's own batch norm does, so the measured traffic can be lower.)
 Each figure is the median of repeats in which the implementations take turns.
