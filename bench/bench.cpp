@@ -597,7 +597,7 @@ struct Row {
   double stream_gbs, bytes;
   DType dtype = DType::f32;
   double numel = 0;
-  double f32_ms = NAN;  // bnorm's f32 on the same case in the same turns (other dtypes)
+  double f32_ms = NAN;       // bnorm's f32 on the same case in the same turns (other dtypes)
   std::string key() const {  // the row of the same case in another dtype
     return shape + layout + op + cache + std::to_string(threads);
   }
@@ -790,7 +790,8 @@ int main(int argc, char** argv) {
          "native_batch_norm_backward). "
          "GB/s = model bytes / bnorm's median time; % STREAM = that over the STREAM copy "
          "bandwidth measured in the same turns (2 x bytes copied). Gelem/s = tensor elements / "
-         "bnorm's median time; vs f32 = bnorm's f32 time of the same case, timed in the same turns, "
+         "bnorm's median time; vs f32 = bnorm's f32 time of the same case, timed in the same "
+         "turns, "
          "/ this row's (elements per second over bnorm's own f32).\n"
          "Speed-up = other's median ms / bnorm's; best = the faster of the others that run the "
          "dtype (n/a: cannot).\n\n";
