@@ -369,17 +369,18 @@ void FusedReduceA(const FusedArgs<T>& a) {
   const Shape& shape = a.shape;
   const int64_t c = shape.c;
   const P* o = a.p[0];
+  // Inputs each pass reads (dy, and y for the mask or from the output, and x).
+  constexpr int64_t tensors = 1 + Backward<A, FromOutput, T>::reads_y + !FromOutput;
+  const int nt = threads_for(shape, sizeof(T));
   if (!rows_layout(shape)) {
     // Units of plain batch norm's backward (fast_plan.hpp): a channel, or
     // for channels too large for the cache a group of its samples, so that
     // few channels with large planes still use every thread. The units are
     // fixed by the shape and merged in order: results do not depend on the
     // thread count.
-    constexpr int64_t tensors = 1 + Backward<A, FromOutput, T>::reads_y + !FromOutput;
     const NchwPlan plan = nchw_plan(shape, tensors, sizeof(T));
     const int64_t units = c * plan.groups;
     std::vector<Pair> part(static_cast<size_t>(units));
-    const int nt = threads_for(shape, sizeof(T));
 #pragma omp parallel for schedule(dynamic, channel_chunk(units, nt)) num_threads(nt)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t k = u / plan.groups, g = u % plan.groups;
@@ -405,8 +406,6 @@ void FusedReduceA(const FusedArgs<T>& a) {
   // 64 channels or fewer left one block for one thread (2 threads: 1.22x to
   // 1.26x faster on (32,64,56,56) and (8,32,128,128) NHWC; the column walk
   // stays 1.1x to 1.2x faster on (256,2048)).
-  constexpr int64_t tensors = 1 + Backward<A, FromOutput, T>::reads_y + !FromOutput;
-  const int nt = threads_for(shape, sizeof(T));
   const int64_t column_blocks = (c / N + 3) / 4, rows = shape.m();
   if (column_units(shape, tensors) && column_blocks >= nt) {
     ForColumns<T>(
