@@ -405,9 +405,13 @@ void FusedReduceA(const FusedArgs<T>& a) {
   // a walk down the columns of many rows strided the whole tensor, and for
   // 64 channels or fewer left one block for one thread (2 threads: 1.22x to
   // 1.26x faster on (32,64,56,56) and (8,32,128,128) NHWC; the column walk
-  // stays 1.1x to 1.2x faster on (256,2048)).
+  // stays 1.1x to 1.2x faster on (256,2048)). The two sum in other orders,
+  // so the choice depends on the shape alone: at least two blocks, one for
+  // each thread of the machines this was tuned on (it compared the blocks
+  // with the thread count, and 1 and 2 threads gave other float64 bits on
+  // (2,32,4096) NHWC; bnorm_hashes --threads 1 against --threads 2 found it).
   const int64_t column_blocks = (c / N + 3) / 4, rows = shape.m();
-  if (column_units(shape, tensors) && column_blocks >= nt) {
+  if (column_units(shape, tensors) && column_blocks >= 2) {
     ForColumns<T>(
         shape,
         [&]<int NV>(int64_t k0) { FusedDotBlock<NV>(B, c, k0, 0, rows, o, a.sum_dz, a.sum_dz_g); },

@@ -338,7 +338,8 @@ void every_entry_point(const Shape& shape) {
 
 // Tails, 1x1 planes, rows narrower and wider than a vector, enough channels
 // for every thread, and a plane large enough for the row splits.
-const Shape kShapes[] = {{2, 3, 5}, {4, 16, 49}, {8, 64, 1}, {3, 7, 33}, {2, 130, 9}, {6, 5, 300}};
+const Shape kShapes[] = {{2, 3, 5},   {4, 16, 49}, {8, 64, 1},   {3, 7, 33},   {2, 130, 9},
+                         {6, 5, 300}, {16, 1, 10}, {4, 512, 49}, {2, 32, 4096}};
 
 }  // namespace
 
