@@ -5,7 +5,6 @@
 
 #include "cpu/fast.hpp"
 #include "cpu/kernels.hpp"
-#include "cpu/renorm.hpp"
 #include "validate.hpp"
 
 namespace bnorm {
@@ -125,7 +124,7 @@ void forward_inference(const Shape& shape, const T* x, const param_t<T>* weight,
       shift(static_cast<size_t>(c));
   for (int64_t k = 0; k < c; ++k) {
     mean[size_t(k)] = double(running_mean[k]);
-    scale[size_t(k)] = param(weight, k, 1.0) / std::sqrt(double(running_var[k]) + eps);
+    scale[size_t(k)] = param(weight, k, 1.0) / detail::stddev_of(double(running_var[k]), eps);
     shift[size_t(k)] = param(bias, k, 0.0);
   }
   cpu::normalize(shape, x, mean.data(), scale.data(), shift.data(), y);
@@ -134,13 +133,14 @@ void forward_inference(const Shape& shape, const T* x, const param_t<T>* weight,
 namespace {
 
 template <class T>
-void backward_checks(const char* fn, bool through_moments, const Shape& shape, const T* dy,
-                     const T* x, const param_t<T>* mean_in, const param_t<T>* invstd_in) {
+void backward_checks(const char* fn, const Shape& shape, const T* dy, const T* x,
+                     const param_t<T>* mean_in, const char* mean_name, const param_t<T>* spread_in,
+                     const char* spread_name) {
   detail::check_shape(fn, shape);
   detail::check_not_null(fn, dy, "dy");
   detail::check_not_null(fn, x, "x");
-  detail::check_not_null(fn, mean_in, through_moments ? "save_mean" : "mean");
-  detail::check_not_null(fn, invstd_in, through_moments ? "save_invstd" : "invstd");
+  detail::check_not_null(fn, mean_in, mean_name);
+  detail::check_not_null(fn, spread_in, spread_name);
 }
 
 // Shared by every backward; through_moments selects the true gradient
@@ -170,7 +170,7 @@ template <class T>
 void backward(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
               const param_t<T>* save_mean, const param_t<T>* save_invstd, T* dx,
               param_t<T>* dweight, param_t<T>* dbias) {
-  backward_checks("backward", true, shape, dy, x, save_mean, save_invstd);
+  backward_checks("backward", shape, dy, x, save_mean, "save_mean", save_invstd, "save_invstd");
   backward_unchecked<T>(true, shape, dy, x, weight, save_mean, save_invstd, nullptr, nullptr, dx,
                         dweight, dbias);
 }
@@ -179,9 +179,23 @@ template <class T>
 void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
                              const param_t<T>* mean, const param_t<T>* invstd, T* dx,
                              param_t<T>* dweight, param_t<T>* dbias) {
-  backward_checks("backward_frozen_moments", false, shape, dy, x, mean, invstd);
+  backward_checks("backward_frozen_moments", shape, dy, x, mean, "mean", invstd, "invstd");
   backward_unchecked<T>(false, shape, dy, x, weight, mean, invstd, nullptr, nullptr, dx, dweight,
                         dbias);
+}
+
+template <class T>
+void backward_inference(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
+                        const param_t<T>* running_mean, const param_t<T>* running_var, T* dx,
+                        param_t<T>* dweight, param_t<T>* dbias, double eps) {
+  constexpr const char* fn = "backward_inference";
+  backward_checks(fn, shape, dy, x, running_mean, "running_mean", running_var, "running_var");
+  detail::check_eps(fn, eps);
+  std::vector<param_t<T>> invstd(static_cast<size_t>(shape.c));
+  for (int64_t k = 0; k < shape.c; ++k)
+    invstd[size_t(k)] = param_t<T>(detail::invstd_of(double(running_var[k]), eps));
+  backward_unchecked<T>(false, shape, dy, x, weight, running_mean, invstd.data(), nullptr, nullptr,
+                        dx, dweight, dbias);
 }
 
 template <class T>
@@ -190,7 +204,7 @@ void batch_renorm_backward(const Shape& shape, const T* dy, const T* x, const pa
                            const param_t<T>* r, const param_t<T>* d, T* dx, param_t<T>* dweight,
                            param_t<T>* dbias) {
   constexpr const char* fn = "batch_renorm_backward";
-  backward_checks(fn, true, shape, dy, x, save_mean, save_invstd);
+  backward_checks(fn, shape, dy, x, save_mean, "save_mean", save_invstd, "save_invstd");
   detail::check_not_null(fn, r, "r");
   detail::check_not_null(fn, d, "d");
   backward_unchecked<T>(true, shape, dy, x, weight, save_mean, save_invstd, r, d, dx, dweight,
@@ -202,7 +216,7 @@ void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy,
                     const param_t<T>* weight, const param_t<T>* save_mean,
                     const param_t<T>* save_invstd, T* dx, param_t<T>* dweight, param_t<T>* dbias) {
   constexpr const char* fn = "ghost_backward";
-  backward_checks(fn, true, shape, dy, x, save_mean, save_invstd);
+  backward_checks(fn, shape, dy, x, save_mean, "save_mean", save_invstd, "save_invstd");
   detail::check_ghost(fn, shape, virtual_batch_size);
   using P = param_t<T>;
   const int64_t groups = ghost_groups(shape.n, virtual_batch_size), c = shape.c;
@@ -228,7 +242,7 @@ void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy,
   }
 }
 
-#define BNORM_INSTANTIATE(T)                                                                       \
+#define BNORM_INSTANTIATE(T, ...)                                                                  \
   template void forward_training<T>(const Shape&, const T*, const param_t<T>*, const param_t<T>*,  \
                                     T*, param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*,        \
                                     const Options&);                                               \
@@ -239,6 +253,9 @@ void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy,
   template void backward_frozen_moments<T>(const Shape&, const T*, const T*, const param_t<T>*,    \
                                            const param_t<T>*, const param_t<T>*, T*, param_t<T>*,  \
                                            param_t<T>*);                                           \
+  template void backward_inference<T>(const Shape&, const T*, const T*, const param_t<T>*,         \
+                                      const param_t<T>*, const param_t<T>*, T*, param_t<T>*,       \
+                                      param_t<T>*, double);                                        \
   template void batch_renorm_forward_training<T>(                                                  \
       const Shape&, const T*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*,  \
       param_t<T>*, param_t<T>*, param_t<T>*, param_t<T>*, const RenormLimits&, const Options&);    \
@@ -251,10 +268,7 @@ void ghost_backward(const Shape& shape, int64_t virtual_batch_size, const T* dy,
   template void ghost_backward<T>(const Shape&, int64_t, const T*, const T*, const param_t<T>*,    \
                                   const param_t<T>*, const param_t<T>*, T*, param_t<T>*,           \
                                   param_t<T>*);
-BNORM_INSTANTIATE(float)
-BNORM_INSTANTIATE(double)
-BNORM_INSTANTIATE(bfloat16)
-BNORM_INSTANTIATE(float16)
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
 #undef BNORM_INSTANTIATE
 
 }  // namespace bnorm

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
-#include "cpu/renorm.hpp"
 #include "distributed_impl.hpp"
 #include "validate.hpp"
 
@@ -57,25 +56,25 @@ void normalize_with_moments(const Shape& local, const T* x, const param_t<T>* we
   const double m = double(count);
   std::vector<double> scale(c), shift(c);
   for (size_t k = 0; k < c; ++k) {
-    const double invstd = 1.0 / std::sqrt(var[k] + options.eps);
+    const double invstd = detail::invstd_of(var[k], options.eps);
     double g = param(weight, int64_t(k), 1.0), b = param(bias, int64_t(k), 0.0);
     if (renorm.limits) {
       // From the running statistics before this step's update.
-      const cpu::RenormCorrection rd =
-          cpu::renorm_correction(double(running_mean[k]), double(running_var[k]), mean[k], var[k],
-                                 options.eps, renorm.limits->rmax, renorm.limits->dmax);
+      const detail::RenormCorrection rd =
+          detail::renorm_correction(double(running_mean[k]), double(running_var[k]), mean[k],
+                                    var[k], options.eps, renorm.limits->rmax, renorm.limits->dmax);
       if (renorm.r) renorm.r[k] = P(rd.r);
       if (renorm.d) renorm.d[k] = P(rd.d);
-      cpu::fold_renorm(rd, g, b);
+      detail::fold_renorm(rd, g, b);
     }
     scale[k] = g * invstd;
     shift[k] = b;
     if (save_mean) save_mean[k] = P(mean[k]);
     if (save_invstd) save_invstd[k] = P(invstd);
     if (running_mean) {
-      running_mean[k] = P((1 - factor) * double(running_mean[k]) + factor * mean[k]);
-      running_var[k] = P(cpu::running_var_update(double(running_var[k]), factor, var[k], m,
-                                                 options.unbiased_running_var));
+      running_mean[k] = P(detail::running_mean_update(double(running_mean[k]), factor, mean[k]));
+      running_var[k] = P(detail::running_var_update(double(running_var[k]), factor, var[k], m,
+                                                    options.unbiased_running_var));
     }
   }
   if (local.numel() > 0) cpu::normalize(local, x, mean, scale.data(), shift.data(), y);
@@ -184,7 +183,7 @@ void backward_with_sums(const Shape& local, const T* dy, const T* x, const param
   impl::dx_from_sums(local, dy, x, weight, save_mean, save_invstd, sum_dy, sum_dy_xhat, count, dx);
 }
 
-#define BNORM_INSTANTIATE(T)                                                                      \
+#define BNORM_INSTANTIATE(T, ...)                                                                 \
   template void impl::slice_moments<T>(const Shape&, const T*, double*, double*);                 \
   template void impl::normalize_with_moments<T>(                                                  \
       const Shape&, const T*, const param_t<T>*, const param_t<T>*, const double*, const double*, \
@@ -204,10 +203,7 @@ void backward_with_sums(const Shape& local, const T* dy, const T* x, const param
   template void backward_with_sums<T>(const Shape&, const T*, const T*, const param_t<T>*,        \
                                       const param_t<T>*, const param_t<T>*, const double*,        \
                                       const double*, int64_t, T*);
-BNORM_INSTANTIATE(float)
-BNORM_INSTANTIATE(double)
-BNORM_INSTANTIATE(bfloat16)
-BNORM_INSTANTIATE(float16)
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
 #undef BNORM_INSTANTIATE
 
 }  // namespace bnorm::distributed

@@ -13,20 +13,6 @@
 namespace bnorm {
 namespace {
 
-void check_epilogue(const char* fn, const Epilogue& e) {
-  if (e.act != Activation::identity && e.act != Activation::relu && e.act != Activation::leaky_relu)
-    detail::fail(fn, "epilogue.act is not identity, relu or leaky_relu (value " +
-                         std::to_string(static_cast<int>(e.act)) + ")");
-  if (e.act == Activation::leaky_relu &&
-      !(std::isfinite(e.negative_slope) && e.negative_slope >= 0))
-    detail::fail(fn,
-                 "epilogue.negative_slope must be finite and >= 0 (the mask is read off y), got " +
-                     std::to_string(e.negative_slope));
-  if (e.abs_weight && !(std::isfinite(e.weight_eps) && e.weight_eps > 0))
-    detail::fail(fn, "epilogue.weight_eps must be finite and > 0 with abs_weight, got " +
-                         std::to_string(e.weight_eps));
-}
-
 // gamma_k as the layer uses it: weight (1 when null), or |weight| +
 // weight_eps with abs_weight.
 template <class P>
@@ -89,6 +75,51 @@ void finish_backward(cpu::FusedArgs<T>& a, const param_t<T>* weight, const param
 
 }  // namespace
 
+const char* activation_name(Activation act) {
+  switch (act) {
+    case Activation::identity:
+      return "identity";
+    case Activation::relu:
+      return "relu";
+    case Activation::leaky_relu:
+      return "leaky_relu";
+  }
+  return "invalid";
+}
+
+Activation activation_from_name(std::string_view name) {
+  for (Activation act : {Activation::identity, Activation::relu, Activation::leaky_relu})
+    if (name == activation_name(act)) return act;
+  throw std::invalid_argument("bnorm: act must be 'identity', 'relu' or 'leaky_relu', got '" +
+                              std::string(name) + "'");
+}
+
+void check_epilogue(const char* fn, const Epilogue& e, bool from_output, bool residual) {
+  if (e.act != Activation::identity && e.act != Activation::relu && e.act != Activation::leaky_relu)
+    detail::fail(fn, "epilogue.act is not identity, relu or leaky_relu (value " +
+                         std::to_string(static_cast<int>(e.act)) + ")");
+  if (e.act == Activation::leaky_relu &&
+      !(std::isfinite(e.negative_slope) && e.negative_slope >= 0))
+    detail::fail(fn,
+                 "epilogue.negative_slope must be finite and >= 0 (the mask is read off y), got " +
+                     std::to_string(e.negative_slope));
+  if (e.abs_weight && !(std::isfinite(e.weight_eps) && e.weight_eps > 0))
+    detail::fail(fn, "epilogue.weight_eps must be finite and > 0 with abs_weight, got " +
+                         std::to_string(e.weight_eps));
+  if (!from_output) return;
+  // x_hat = (act^-1(y) - beta) / gamma needs act^-1, and y = act(bn(x) + r)
+  // does not tell r apart from bn(x).
+  if (e.act == Activation::relu)
+    detail::fail(fn, "epilogue.act is relu, which is not invertible (use identity or leaky_relu)");
+  if (e.act == Activation::leaky_relu && !(e.negative_slope > 0))
+    detail::fail(fn, "epilogue.negative_slope must be > 0 to invert leaky_relu, got " +
+                         std::to_string(e.negative_slope));
+  if (residual)
+    detail::fail(fn,
+                 "the backward from the output cannot take a residual (y does not tell it "
+                 "apart from bn(x))");
+}
+
 template <class T>
 void fused_forward_training(const Shape& shape, const T* x, const T* residual,
                             const param_t<T>* weight, const param_t<T>* bias, T* y,
@@ -137,7 +168,8 @@ void fused_forward_inference(const Shape& shape, const T* x, const T* residual,
   const int64_t c = shape.c;
   Vec<T> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
   for (int64_t k = 0; k < c; ++k) {
-    scale[size_t(k)] = P(gamma_of(weight, k, epilogue) / std::sqrt(double(running_var[k]) + eps));
+    scale[size_t(k)] =
+        P(gamma_of(weight, k, epilogue) / detail::stddev_of(double(running_var[k]), eps));
     shift[size_t(k)] = bias ? bias[k] : P(0);
   }
   cpu::FusedArgs<T> a = fused_args<T>(shape, epilogue);
@@ -203,12 +235,7 @@ void fused_backward_from_output(const Shape& shape, const T* dy, const T* y,
   detail::check_not_null(fn, dy, "dy");
   detail::check_not_null(fn, y, "y");
   detail::check_not_null(fn, save_invstd, "save_invstd");
-  check_epilogue(fn, epilogue);
-  if (epilogue.act == Activation::relu)
-    detail::fail(fn, "epilogue.act is relu, which is not invertible (use identity or leaky_relu)");
-  if (epilogue.act == Activation::leaky_relu && !(epilogue.negative_slope > 0))
-    detail::fail(fn, "epilogue.negative_slope must be > 0 to invert leaky_relu, got " +
-                         std::to_string(epilogue.negative_slope));
+  check_epilogue(fn, epilogue, true);
   const int64_t c = shape.c;
   if (weight && !epilogue.abs_weight)
     for (int64_t k = 0; k < c; ++k)
@@ -265,7 +292,7 @@ void fold_batch_norm(int64_t out_channels, int64_t fan_in, const T* weight, cons
   for (int64_t k = 0; k < out_channels; ++k) {
     const double gamma = bn_weight ? double(bn_weight[k]) : 1.0;
     const double beta = bn_bias ? double(bn_bias[k]) : 0.0;
-    const double s = gamma / std::sqrt(double(running_var[k]) + eps);
+    const double s = gamma / detail::stddev_of(double(running_var[k]), eps);
     const double b = bias ? as_double(bias[k]) : 0.0;
     for (int64_t j = 0; j < fan_in; ++j)
       weight_out[k * fan_in + j] = T(as_double(weight[k * fan_in + j]) * s);
@@ -273,7 +300,7 @@ void fold_batch_norm(int64_t out_channels, int64_t fan_in, const T* weight, cons
   }
 }
 
-#define BNORM_INSTANTIATE(T)                                                                       \
+#define BNORM_INSTANTIATE(T, ...)                                                                  \
   template void fused_forward_training<T>(                                                         \
       const Shape&, const T*, const T*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*,     \
       param_t<T>*, param_t<T>*, param_t<T>*, const Options&, const Epilogue&);                     \
@@ -289,10 +316,7 @@ void fold_batch_norm(int64_t out_channels, int64_t fan_in, const T* weight, cons
   template void fold_batch_norm<T>(int64_t, int64_t, const T*, const T*, const param_t<T>*,        \
                                    const param_t<T>*, const param_t<T>*, const param_t<T>*,        \
                                    double, T*, T*);
-BNORM_INSTANTIATE(float)
-BNORM_INSTANTIATE(double)
-BNORM_INSTANTIATE(bfloat16)
-BNORM_INSTANTIATE(float16)
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
 #undef BNORM_INSTANTIATE
 
 }  // namespace bnorm

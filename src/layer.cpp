@@ -19,8 +19,7 @@ BatchNormState<T>::BatchNormState(const char* fn, int64_t num_features, double e
   if (num_features < 1)
     detail::fail(fn, "num_features must be >= 1, got " + std::to_string(num_features));
   detail::check_eps(fn, eps);
-  if (momentum && (!std::isfinite(*momentum) || *momentum < 0 || *momentum > 1))
-    detail::fail(fn, "momentum must be in [0, 1], got " + std::to_string(*momentum));
+  detail::check_momentum(fn, momentum);
   if (affine_) {
     weight_.assign(size_t(c_), param_type(1));
     bias_.assign(size_t(c_), param_type(0));
@@ -77,7 +76,7 @@ void BatchNormState<T>::normalize_with_running_stats(const Shape& shape, std::sp
                       running_var_.data(), step.y.data(), eps_);
   for (size_t k = 0; k < size_t(c_); ++k) {
     step.mean[k] = running_mean_[k];
-    step.invstd[k] = param_type(1.0 / std::sqrt(double(running_var_[k]) + eps_));
+    step.invstd[k] = param_type(detail::invstd_of(double(running_var_[k]), eps_));
   }
 }
 
@@ -176,13 +175,11 @@ typename BatchNorm<T>::Gradients BatchNorm<T>::backward(std::span<const T> dy) c
   return g;
 }
 
-template class BatchNormState<float>;
-template class BatchNormState<double>;
-template class BatchNormState<bfloat16>;
-template class BatchNormState<float16>;
-template class BatchNorm<float>;
-template class BatchNorm<double>;
-template class BatchNorm<bfloat16>;
-template class BatchNorm<float16>;
+#define BNORM_INSTANTIATE(T, ...) template class BatchNormState<T>;
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
+#undef BNORM_INSTANTIATE
+#define BNORM_INSTANTIATE(T, ...) template class BatchNorm<T>;
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
+#undef BNORM_INSTANTIATE
 
 }  // namespace bnorm

@@ -1,6 +1,8 @@
 // Helpers shared by the tests: seeded random tensors and error measures.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <bnorm/bnorm.hpp>
 #include <bnorm/reference.hpp>
@@ -12,6 +14,15 @@
 #include <vector>
 
 namespace bnorm::test {
+
+// Every element type of bnorm/dtypes.hpp's list, for typed tests.
+template <class Void, class... Ts>
+struct AfterVoid {
+  using types = ::testing::Types<Ts...>;
+};
+#define BNORM_TEST_TYPE(T, S, name) , T
+using ElementTypes = AfterVoid<void BNORM_FOR_EACH_TYPE(BNORM_TEST_TYPE)>::types;
+#undef BNORM_TEST_TYPE
 
 inline std::vector<double> random_values(size_t count, uint64_t seed, double mean = 0.0,
                                          double stddev = 1.0) {

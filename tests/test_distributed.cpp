@@ -13,7 +13,7 @@ namespace {
 
 template <class T>
 class Distributed : public ::testing::Test {};
-using Types = ::testing::Types<float, double, bfloat16, float16>;
+using Types = ::bnorm::test::ElementTypes;
 TYPED_TEST_SUITE(Distributed, Types);
 
 // Elements of T: inputs already rounded to T, so the reference sees the same values.

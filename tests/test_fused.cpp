@@ -99,7 +99,7 @@ using OutVec = std::vector<T, Aligned64<T>>;
 
 template <class T>
 class Fused : public ::testing::Test {};
-using Types = ::testing::Types<float, double, bfloat16, float16>;
+using Types = ::bnorm::test::ElementTypes;
 TYPED_TEST_SUITE(Fused, Types);
 
 // Training forward and backward of epilogue e (with a residual or not) on

@@ -44,38 +44,9 @@
 #include <vector>
 
 #include "dtypes.hpp"
+#include "types.hpp"
 
 namespace bnorm {
-
-// NCHW: channels first; element (i, k, j) sits at (i * c + k) * s + j.
-// NHWC: channels last;  element (i, k, j) sits at (i * s + j) * c + k.
-enum class Layout { NCHW, NHWC };
-
-// n: batch size; c: channels; s: product of the spatial dimensions (1 for a
-// 2-D (n, c) input). The per-channel reduction runs over m = n * s values.
-struct Shape {
-  int64_t n = 1;
-  int64_t c = 1;
-  int64_t s = 1;
-  Layout layout = Layout::NCHW;
-
-  int64_t numel() const { return n * c * s; }
-  int64_t m() const { return n * s; }
-};
-
-struct Options {
-  double eps = 1e-5;
-  // Weight of the current batch in the running statistics; nullopt selects the
-  // cumulative average, which needs num_batches_tracked below.
-  std::optional<double> momentum = 0.1;
-  // Batches seen including this one (>= 1); read only when momentum is nullopt
-  // and running statistics are tracked.
-  int64_t num_batches_tracked = 0;
-  // The variance the running variance averages: true, the unbiased
-  // var * m / (m - 1) (PyTorch, cuDNN); false, the batch variance var (ONNX,
-  // Flax, Keras). Normalization always uses the biased var.
-  bool unbiased_running_var = true;
-};
 
 // Threads the kernels use: 0 (the default) follows OpenMP (OMP_NUM_THREADS,
 // else one per core). Results are bitwise identical for every thread count.
@@ -125,6 +96,17 @@ template <class T>
 void backward_frozen_moments(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
                              const param_t<T>* mean, const param_t<T>* invstd, T* dx,
                              param_t<T>* dweight, param_t<T>* dbias);
+
+// Inference backward: the exact gradient of forward_inference, the running
+// statistics being constants. backward_frozen_moments with mean =
+// running_mean and invstd = 1/sqrt(running_var + eps), rounded to param_t<T>
+// as forward_training saves it:
+//   dx_i = weight_k * invstd_k * dy_i,  dweight_k = sum_i dy_i * x_hat_i,  dbias_k = sum_i dy_i.
+// dx, dweight and dbias may each be null when not wanted.
+template <class T>
+void backward_inference(const Shape& shape, const T* dy, const T* x, const param_t<T>* weight,
+                        const param_t<T>* running_mean, const param_t<T>* running_var, T* dx,
+                        param_t<T>* dweight, param_t<T>* dbias, double eps = 1e-5);
 
 // ---- Batch Renormalization (Ioffe, 2017, arXiv:1702.03275, Algorithm 1) ----
 //
@@ -346,13 +328,11 @@ class BatchNorm : public BatchNormState<T> {
   int64_t cache_virtual_batch_size_ = 0;  // the groups of the last forward, 0: none
 };
 
-extern template class BatchNormState<float>;
-extern template class BatchNormState<double>;
-extern template class BatchNormState<bfloat16>;
-extern template class BatchNormState<float16>;
-extern template class BatchNorm<float>;
-extern template class BatchNorm<double>;
-extern template class BatchNorm<bfloat16>;
-extern template class BatchNorm<float16>;
+#define BNORM_EXTERN(T, ...) extern template class BatchNormState<T>;
+BNORM_FOR_EACH_TYPE(BNORM_EXTERN)
+#undef BNORM_EXTERN
+#define BNORM_EXTERN(T, ...) extern template class BatchNorm<T>;
+BNORM_FOR_EACH_TYPE(BNORM_EXTERN)
+#undef BNORM_EXTERN
 
 }  // namespace bnorm

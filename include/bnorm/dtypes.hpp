@@ -130,4 +130,56 @@ struct param_type<float16> {
 template <class T>
 using param_t = typename param_type<T>::type;
 
+// Every element type bnorm computes with, once: X(T, Suffix, name) for the
+// type, a suffix for the per-type names of Highway's dispatch tables (which
+// take plain function names, not templates), and the name users see. Every
+// explicit instantiation, every run-time dtype dispatch (DType below: the
+// NumPy module, the torch operators, MPI) and every typed test comes from
+// this list. A new type is one line here, its param_type above, and its
+// kernels' conversions (src/cpu/fast_common-inl.h).
+#define BNORM_FOR_EACH_TYPE(X)         \
+  X(float, F32, float32)               \
+  X(double, F64, float64)              \
+  X(::bnorm::bfloat16, BF16, bfloat16) \
+  X(::bnorm::float16, F16, float16)
+
+// The element type of a tensor known at run time.
+#define BNORM_DTYPE_ENUMERATOR(T, S, name) name,
+enum class DType { BNORM_FOR_EACH_TYPE(BNORM_DTYPE_ENUMERATOR) };
+#undef BNORM_DTYPE_ENUMERATOR
+
+#define BNORM_DTYPE_COUNT(T, S, name) +1
+inline constexpr int kDTypeCount = 0 BNORM_FOR_EACH_TYPE(BNORM_DTYPE_COUNT);
+#undef BNORM_DTYPE_COUNT
+
+template <class T>
+struct dtype_of;
+#define BNORM_DTYPE_OF(T, S, dtype_name)              \
+  template <>                                         \
+  struct dtype_of<T> {                                \
+    static constexpr DType value = DType::dtype_name; \
+    static constexpr const char* name = #dtype_name;  \
+  };
+BNORM_FOR_EACH_TYPE(BNORM_DTYPE_OF)
+#undef BNORM_DTYPE_OF
+
+// f.template operator()<T>() for the element type T of dtype; the bindings
+// write f as [&]<class T>() { ... }.
+template <class F>
+decltype(auto) visit_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+#define BNORM_DTYPE_CASE(T, S, name) \
+  case DType::name:                  \
+    return f.template operator()<T>();
+    BNORM_FOR_EACH_TYPE(BNORM_DTYPE_CASE)
+#undef BNORM_DTYPE_CASE
+  }
+  return f.template operator()<float>();  // unreachable for a valid DType
+}
+
+// "float32", "float64", "bfloat16" or "float16".
+inline const char* dtype_name(DType dtype) {
+  return visit_dtype(dtype, []<class T>() { return dtype_of<T>::name; });
+}
+
 }  // namespace bnorm

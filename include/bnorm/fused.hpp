@@ -45,12 +45,17 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "bnorm.hpp"
 
 namespace bnorm {
 
-enum class Activation { identity, relu, leaky_relu };
+// Activation (types.hpp) by the names the torch operators and Python use:
+// "identity", "relu", "leaky_relu".
+const char* activation_name(Activation act);
+// The activation of that name; throws std::invalid_argument listing the names.
+Activation activation_from_name(std::string_view name);
 
 struct Epilogue {
   Activation act = Activation::relu;
@@ -60,6 +65,15 @@ struct Epilogue {
   bool abs_weight = false;
   double weight_eps = 1e-5;
 };
+
+// The epilogue's own checks (a known act, a finite slope >= 0, weight_eps > 0
+// with abs_weight); with from_output, also what fused_backward_from_output
+// needs to recover x_hat from y: an invertible act (identity, or leaky_relu
+// with slope > 0) and no residual (y cannot tell it apart from bn(x)). A
+// caller that will take the backward from the output checks this before its
+// forward. Throws std::invalid_argument naming `fn` and the argument.
+void check_epilogue(const char* fn, const Epilogue& epilogue, bool from_output = false,
+                    bool residual = false);
 
 // Training forward: y = act(bn(x) + residual) with the batch statistics.
 // Arguments as bnorm::forward_training; residual: numel values in x's layout,

@@ -138,9 +138,8 @@ class SyncBatchNorm : public BatchNormState<T> {
   MPI_Comm comm_;
 };
 
-extern template class SyncBatchNorm<float>;
-extern template class SyncBatchNorm<double>;
-extern template class SyncBatchNorm<bfloat16>;
-extern template class SyncBatchNorm<float16>;
+#define BNORM_EXTERN(T, ...) extern template class SyncBatchNorm<T>;
+BNORM_FOR_EACH_TYPE(BNORM_EXTERN)
+#undef BNORM_EXTERN
 
 }  // namespace bnorm::mpi

@@ -175,19 +175,6 @@ Array<T> empty_like(const Array<T>& x) {
   return Array<T>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
 }
 
-// The count the cumulative average (momentum=None) divides by: required
-// whenever running statistics are updated with momentum=None.
-int64_t batches_for(const char* fn, bool updates_running_stats,
-                    const std::optional<double>& momentum,
-                    const std::optional<int64_t>& num_batches_tracked) {
-  if (momentum || !updates_running_stats) return num_batches_tracked.value_or(0);
-  if (!num_batches_tracked)
-    fail(fn,
-         "momentum=None (cumulative moving average) needs the keyword argument "
-         "num_batches_tracked (batches seen, this one included), got none");
-  return *num_batches_tracked;
-}
-
 struct TrainResult {
   py::object y, save_mean, save_invstd;
 };
@@ -205,7 +192,8 @@ TrainResult train_impl(const char* fn, const py::array& input, const py::handle&
   const auto b = channel_param<T>(fn, "bias", bias, shape.c);
   auto rm = running_stat<T>(fn, "running_mean", running_mean, shape.c);
   auto rv = running_stat<T>(fn, "running_var", running_var, shape.c);
-  bnorm::Options options{eps, momentum, batches_for(fn, rm && rv, momentum, num_batches_tracked)};
+  // The core decides what momentum=None needs (num_batches_tracked >= 1).
+  bnorm::Options options{eps, momentum, num_batches_tracked.value_or(0)};
   options.unbiased_running_var = unbiased_running_var;
   Array<T> y = empty_like(x);
   // Ghost batch norm saves one row of statistics per group: (groups, C).
@@ -315,15 +303,6 @@ py::tuple backward_impl(const char* fn, bool frozen, const py::array& grad_outpu
   if (!mu) fail(fn, std::string(mean_name) + " must be an array, got None");
   if (!spread) fail(fn, std::string(spread_name) + " must be an array, got None");
   using P = bnorm::param_t<T>;
-  Array<P> invstd = *spread;
-  if (frozen) {
-    if (!std::isfinite(*eps) || *eps <= 0)
-      fail(fn, "eps must be finite and > 0, got " + std::to_string(*eps));
-    invstd = Array<P>(shape.c);
-    P* out = invstd.mutable_data();
-    for (int64_t k = 0; k < shape.c; ++k)
-      out[k] = P(1.0 / std::sqrt(double(spread->data()[k]) + *eps));
-  }
   Array<T> dx = empty_like(x);
   std::optional<Array<P>> dweight, dbias;
   if (w) {
@@ -332,9 +311,13 @@ py::tuple backward_impl(const char* fn, bool frozen, const py::array& grad_outpu
   }
   {
     py::gil_scoped_release nogil;
-    auto kernel = frozen ? bnorm::backward_frozen_moments<T> : bnorm::backward<T>;
-    kernel(shape, dy.data(), x.data(), data(w), mu->data(), invstd.data(), dx.mutable_data(),
-           mutable_data(dweight), mutable_data(dbias));
+    if (frozen)
+      bnorm::backward_inference(shape, dy.data(), x.data(), data(w), mu->data(), spread->data(),
+                                dx.mutable_data(), mutable_data(dweight), mutable_data(dbias),
+                                *eps);
+    else
+      bnorm::backward(shape, dy.data(), x.data(), data(w), mu->data(), spread->data(),
+                      dx.mutable_data(), mutable_data(dweight), mutable_data(dbias));
   }
   py::object dw = dweight ? py::object(std::move(*dweight)) : py::object(py::none());
   py::object db = dbias ? py::object(std::move(*dbias)) : py::object(py::none());

@@ -10,13 +10,13 @@
 // order, so 1, 2 or any number of threads give bitwise identical results.
 #pragma once
 
-#include <bnorm/bnorm.hpp>
+#include <bnorm/types.hpp>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
 
-#include "renorm.hpp"
+#include "../rules.hpp"
 
 namespace bnorm::cpu {
 
@@ -70,15 +70,15 @@ inline ForwardOutputs<P> forward_outputs(const P* weight, const P* bias, P* save
 template <class P>
 inline void finish_forward_channel(const ForwardOutputs<P>& p, double m, int64_t k, double mean,
                                    double var, P& mu, P& scale, P& shift) {
-  const double invstd = 1.0 / std::sqrt(var + p.eps);
+  const double invstd = detail::invstd_of(var, p.eps);
   double g = p.weight ? double(p.weight[k]) : 1.0;
   double b = p.bias ? double(p.bias[k]) : 0.0;
   if (p.renorm) {
-    const RenormCorrection rd = renorm_correction(
+    const detail::RenormCorrection rd = detail::renorm_correction(
         double(p.running_mean[k]), double(p.running_var[k]), mean, var, p.eps, p.rmax, p.dmax);
     if (p.r_out) p.r_out[k] = P(rd.r);
     if (p.d_out) p.d_out[k] = P(rd.d);
-    fold_renorm(rd, g, b);
+    detail::fold_renorm(rd, g, b);
   }
   mu = P(mean);
   scale = P(g * invstd);
@@ -98,9 +98,9 @@ inline void finish_forward_channel(const ForwardOutputs<P>& p, double m, int64_t
   if (p.save_invstd) p.save_invstd[k] = P(invstd);
   if (p.running_mean) {
     const double f = p.factor;
-    p.running_mean[k] = P((1 - f) * double(p.running_mean[k]) + f * mean);
+    p.running_mean[k] = P(detail::running_mean_update(double(p.running_mean[k]), f, mean));
     p.running_var[k] =
-        P(running_var_update(double(p.running_var[k]), f, var, m, p.unbiased_running_var));
+        P(detail::running_var_update(double(p.running_var[k]), f, var, m, p.unbiased_running_var));
   }
 }
 
@@ -127,8 +127,8 @@ inline void finish_backward_channel(const BackwardOutputs<P>& p, double m, int64
   const double sum_dy_xhat = sum_dy_xmu * invstd;
   double g = p.weight ? double(p.weight[k]) : 1.0;
   if (p.renorm_r) {
-    const RenormCorrection rd{double(p.renorm_r[k]), double(p.renorm_d[k])};
-    if (p.dweight) p.dweight[k] = P(renorm_dweight(rd, sum_dy_xhat, sum_dy));
+    const detail::RenormCorrection rd{double(p.renorm_r[k]), double(p.renorm_d[k])};
+    if (p.dweight) p.dweight[k] = P(detail::renorm_dweight(rd, sum_dy_xhat, sum_dy));
     g *= rd.r;
   } else if (p.dweight) {
     p.dweight[k] = P(sum_dy_xhat);

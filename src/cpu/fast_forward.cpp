@@ -272,7 +272,7 @@ void ForwardTraining(const Shape& shape, const T* x, T* y, const ForwardOutputs<
   NormalizeAll(shape, x, mu.data(), scale.data(), shift.data(), y);
 }
 
-#define BNORM_FORWARD(T, S)                                        \
+#define BNORM_FORWARD(T, S, name)                                        \
   void ForwardTraining##S(const Shape& shape, const T* x, T* y,    \
                           const ForwardOutputs<param_t<T>>& out) { \
     ForwardTraining<T>(shape, x, y, out);                          \
@@ -287,7 +287,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace bnorm::cpu {
 
-#define BNORM_EXPORT(T, S) HWY_EXPORT(ForwardTraining##S);
+#define BNORM_EXPORT(T, S, name) HWY_EXPORT(ForwardTraining##S);
 BNORM_FOR_EACH_TYPE(BNORM_EXPORT)
 #undef BNORM_EXPORT
 
@@ -297,7 +297,7 @@ void forward_training_fast(const Shape& shape, const T* x, T* y,
   BNORM_DISPATCH(ForwardTraining, shape, x, y, out);
 }
 
-#define BNORM_INSTANTIATE(T, S)                                      \
+#define BNORM_INSTANTIATE(T, S, name)                                      \
   template void forward_training_fast<T>(const Shape&, const T*, T*, \
                                          const ForwardOutputs<param_t<T>>&);
 BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)

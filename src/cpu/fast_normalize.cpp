@@ -145,7 +145,7 @@ void NormalizeAll(const Shape& shape, const T* x, const param_t<T>* mu, const pa
   if (stream) hwy::FlushStream();
 }
 
-#define BNORM_NORMALIZE(T, S)                                                                 \
+#define BNORM_NORMALIZE(T, S, name)                                                                 \
   template void NormalizeSpan<T>(const T* HWY_RESTRICT, T* HWY_RESTRICT, int64_t, param_t<T>, \
                                  param_t<T>, param_t<T>, bool);                               \
   template void NormalizeAll<T>(const Shape&, const T*, const param_t<T>*, const param_t<T>*, \
@@ -164,7 +164,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace bnorm::cpu {
 
-#define BNORM_EXPORT(T, S) HWY_EXPORT(NormalizeAll##S);
+#define BNORM_EXPORT(T, S, name) HWY_EXPORT(NormalizeAll##S);
 BNORM_FOR_EACH_TYPE(BNORM_EXPORT)
 #undef BNORM_EXPORT
 
@@ -174,7 +174,7 @@ void normalize_fast(const Shape& shape, const T* x, const param_t<T>* mu, const 
   BNORM_DISPATCH(NormalizeAll, shape, x, mu, scale, shift, y);
 }
 
-#define BNORM_INSTANTIATE(T, S)                                                                 \
+#define BNORM_INSTANTIATE(T, S, name)                                                                 \
   template void normalize_fast<T>(const Shape&, const T*, const param_t<T>*, const param_t<T>*, \
                                   const param_t<T>*, T*);
 BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)

@@ -129,13 +129,8 @@ inline Moments merge(const Moments& a, const Moments& b) {
 
 }  // namespace bnorm::cpu
 
-// X(T, Suffix) for every element type, to instantiate, export and dispatch
-// the kernels (HWY_EXPORT takes a plain function name, not a template).
-#define BNORM_FOR_EACH_TYPE(X) \
-  X(float, F32)                \
-  X(double, F64)               \
-  X(::bnorm::bfloat16, BF16)   \
-  X(::bnorm::float16, F16)
+// BNORM_FOR_EACH_TYPE (bnorm/dtypes.hpp) instantiates, exports and
+// dispatches the kernels, one Suffix each.
 
 // In a template on T (HWY_ONCE part of a fast_*.cpp): calls the dispatched
 // Name##Suffix for T.

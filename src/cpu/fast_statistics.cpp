@@ -223,7 +223,7 @@ void StatsAll(const Shape& shape, const T* x, double* mean, double* var) {
   }
 }
 
-#define BNORM_STATS(T, S)                                                                    \
+#define BNORM_STATS(T, S, name)                                                                    \
   template Moments NchwUnitMoments<T>(const Shape&, const T* HWY_RESTRICT, int64_t, int64_t, \
                                       int64_t);                                              \
   template void StatsAll<T>(const Shape&, const T*, double*, double*);                       \
@@ -240,7 +240,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace bnorm::cpu {
 
-#define BNORM_EXPORT(T, S) HWY_EXPORT(StatsAll##S);
+#define BNORM_EXPORT(T, S, name) HWY_EXPORT(StatsAll##S);
 BNORM_FOR_EACH_TYPE(BNORM_EXPORT)
 #undef BNORM_EXPORT
 
@@ -249,7 +249,7 @@ void moments_fast(const Shape& shape, const T* x, double* mean, double* var) {
   BNORM_DISPATCH(StatsAll, shape, x, mean, var);
 }
 
-#define BNORM_INSTANTIATE(T, S) \
+#define BNORM_INSTANTIATE(T, S, name) \
   template void moments_fast<T>(const Shape&, const T*, double*, double*);
 BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
 #undef BNORM_INSTANTIATE

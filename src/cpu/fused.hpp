@@ -4,8 +4,7 @@
 // arguments and computes the per-channel coefficients in double.
 #pragma once
 
-#include <bnorm/bnorm.hpp>
-#include <bnorm/fused.hpp>
+#include <bnorm/types.hpp>
 #include <cstdint>
 
 namespace bnorm::cpu {

@@ -172,7 +172,8 @@ std::string describe(int f, int64_t v) {
     case Field::layout:
       return v == 0 ? "NCHW" : v == 1 ? "NHWC" : "invalid(" + std::to_string(v) + ")";
     case Field::dtype:
-      return v == 1 ? "float" : "double";
+      return v >= 0 && v < kDTypeCount ? dtype_name(static_cast<DType>(v))
+                                       : "invalid(" + std::to_string(v) + ")";
     case Field::eps:
       std::memcpy(&d, &v, sizeof d);
       return std::to_string(d);

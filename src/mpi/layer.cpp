@@ -68,9 +68,8 @@ typename SyncBatchNorm<T>::Gradients SyncBatchNorm<T>::backward(std::span<const 
   return g;
 }
 
-template class SyncBatchNorm<float>;
-template class SyncBatchNorm<double>;
-template class SyncBatchNorm<bfloat16>;
-template class SyncBatchNorm<float16>;
+#define BNORM_INSTANTIATE(T, ...) template class SyncBatchNorm<T>;
+BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)
+#undef BNORM_INSTANTIATE
 
 }  // namespace bnorm::mpi

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "cpu/renorm.hpp"
 #include "distributed_impl.hpp"
 #include "mpi/collectives.hpp"
 #include "mpi/sync_impl.hpp"
+#include "rules.hpp"
 #include "validate.hpp"
 
 namespace bnorm::mpi {
@@ -24,10 +24,7 @@ void check_data(const char* fn, const Shape& shape, const void* p, const char* n
 
 template <class T>
 constexpr int64_t dtype_code() {
-  if constexpr (std::is_same_v<T, float>) return 1;
-  if constexpr (std::is_same_v<T, double>) return 2;
-  if constexpr (std::is_same_v<T, bfloat16>) return 3;
-  return 4;
+  return static_cast<int64_t>(dtype_of<T>::value);
 }
 
 int64_t bits(double v) {
@@ -141,7 +138,7 @@ void backward_checked(const char* fn, const std::function<void()>& extra_check, 
     if (!dweight) continue;
     // Batch Renormalization: x_hat is r * (batch norm's x_hat) + d.
     dweight[k] =
-        r ? P(cpu::renorm_dweight({double(r[k]), double(d[k])}, sums[k].dy_xhat, sums[k].dy))
+        r ? P(detail::renorm_dweight({double(r[k]), double(d[k])}, sums[k].dy_xhat, sums[k].dy))
           : P(sums[k].dy_xhat);
   }
   distributed::impl::dx_from_sums(local, dy, x, weight, save_mean, save_invstd, sum_dy.data(),
@@ -192,7 +189,7 @@ void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const
       comm, local, dy, x, weight, save_mean, save_invstd, dx, dweight, dbias, r, d);
 }
 
-#define BNORM_MPI_INSTANTIATE(T)                                                                  \
+#define BNORM_MPI_INSTANTIATE(T, ...)                                                             \
   template void forward_training_checked<T>(                                                      \
       const char*, const std::function<void()>&, MPI_Comm, const Shape&, const T*,                \
       const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*, param_t<T>*,            \
@@ -213,10 +210,7 @@ void batch_renorm_backward(MPI_Comm comm, const Shape& local, const T* dy, const
   template void batch_renorm_backward<T>(                                                         \
       MPI_Comm, const Shape&, const T*, const T*, const param_t<T>*, const param_t<T>*,           \
       const param_t<T>*, const param_t<T>*, const param_t<T>*, T*, param_t<T>*, param_t<T>*);
-BNORM_MPI_INSTANTIATE(float)
-BNORM_MPI_INSTANTIATE(double)
-BNORM_MPI_INSTANTIATE(bfloat16)
-BNORM_MPI_INSTANTIATE(float16)
+BNORM_FOR_EACH_TYPE(BNORM_MPI_INSTANTIATE)
 #undef BNORM_MPI_INSTANTIATE
 
 }  // namespace bnorm::mpi

@@ -104,7 +104,7 @@ class Dispatch : public ::testing::Test {
     set_num_threads(0);
   }
 };
-using ElementTypes = ::testing::Types<float, double, bfloat16, float16>;
+using ElementTypes = ::bnorm::test::ElementTypes;
 TYPED_TEST_SUITE(Dispatch, ElementTypes);
 
 // Under AddressSanitizer (a Debug build, about 30 times slower) the types

@@ -109,7 +109,7 @@ TEST(SyncErrors, MismatchedElementTypeAndEps) {
     EXPECT_TRUE(buf.untouched());
   }
   expect_same_error(error,
-                    "ranks disagree on the element type: float on some ranks, double on "
+                    "ranks disagree on the element type: float32 on some ranks, float64 on "
                     "others");
   Buffers buf(s);
   Options opt;

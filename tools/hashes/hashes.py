@@ -119,7 +119,7 @@ def torch_side() -> None:
                 rm0, rv0 = t(6, -1, 1, c, pdtype), t(7, 0.25, 4, c, pdtype)
                 tag = f"{str(dtype)[6:]} {'NHWC' if channels_last else 'NCHW'} {shape}"
                 rm, rv = rm0.clone(), rv0.clone()
-                y, mean, invstd = ops.batch_norm_train(x, w, b, rm, rv, 0.1, 1e-5)
+                y, mean, invstd = ops.batch_norm_train(x, w, b, rm, rv, 0.1, 0, 1e-5)
                 emit(f"op.batch_norm_train {tag} default", y=y, save_mean=mean,
                      save_invstd=invstd, running_mean=rm, running_var=rv)
                 for train in (True, False):
@@ -129,11 +129,11 @@ def torch_side() -> None:
                          dbias=g[2])
                 emit(f"op.batch_norm_eval {tag} eps1e-3",
                      y=ops.batch_norm_eval(x, w, b, rm0, rv0, 1e-3))
-                for act, code, slope in (("relu", 1, 0.01), ("identity", 0, 0.01),
-                                         ("leaky0.1", 2, 0.1)):
+                for act, code, slope in (("relu", "relu", 0.01), ("identity", "identity", 0.01),
+                                         ("leaky0.1", "leaky_relu", 0.1)):
                     r = res if act == "relu" else None
                     rm, rv = rm0.clone(), rv0.clone()
-                    y, mean, invstd = ops.fused_batch_norm_train(x, r, w, b, rm, rv, 0.1, 1e-5,
+                    y, mean, invstd = ops.fused_batch_norm_train(x, r, w, b, rm, rv, 0.1, 0, 1e-5,
                                                                  code, slope, False, 1e-5)
                     emit(f"op.fused_batch_norm_train {tag} {act}", y=y, save_mean=mean,
                          save_invstd=invstd, running_mean=rm, running_var=rv)
@@ -156,7 +156,7 @@ def torch_side() -> None:
                 m = x.numel() // c
                 var = m2 / m
                 rm, rv = rm0.clone(), rv0.clone()
-                y, smean, sinvstd = ops.sync_forward(x, w, b, mean_l, var, m, rm, rv, 0.1, 1e-5)
+                y, smean, sinvstd = ops.sync_forward(x, w, b, mean_l, var, m, rm, rv, 0.1, 0, 1e-5)
                 sdy, sdyx = ops.sync_local_backward_sums(dy, x, smean, sinvstd)
                 dx = ops.sync_backward(dy, x, w, smean, sinvstd, sdy, sdyx, m)
                 emit(f"op.sync {tag} one_process", local_mean=mean_l, local_m2=m2, y=y,

@@ -21,16 +21,6 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     Errors (sizes, dtypes, too few values per channel in training) raise
     ValueError before anything is written.
     """
-    if momentum is None:
-        if training and running_mean is not None:
-            if num_batches_tracked is None or num_batches_tracked < 1:
-                raise ValueError("bnorm.torch.batch_norm: momentum=None (cumulative average) "
-                                 "needs num_batches_tracked >= 1, got "
-                                 f"{num_batches_tracked}")
-            factor = 1.0 / float(num_batches_tracked)
-        else:
-            factor = 0.0
-    else:
-        factor = float(momentum)
+    batches = 0 if num_batches_tracked is None else num_batches_tracked
     return torch.ops.bnorm.batch_norm(input, weight, bias, running_mean, running_var, training,
-                                      factor, eps)
+                                      momentum, batches, eps)

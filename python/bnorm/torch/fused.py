@@ -29,59 +29,39 @@ import torch
 from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers torch.ops.bnorm)
-from .modules import _BatchNorm, _running_factor
+from .modules import _BatchNorm, _batches_seen
 
-_ACTS = {"identity": 0, "relu": 1, "leaky_relu": 2}
 # InPlace-ABN's weight_eps: save_output layers scale by |weight| + this.
 _WEIGHT_EPS = 1e-5
 
 
-def _act_code(act: str) -> int:
-    """The operators' act argument (0 identity, 1 relu, 2 leaky_relu); scriptable."""
-    if act == "identity":
-        return 0
-    if act == "relu":
-        return 1
-    if act == "leaky_relu":
-        return 2
-    raise ValueError("bnorm.torch: act must be 'identity', 'relu' or 'leaky_relu', got " + act)
-
-
-def _check_save_output(where: str, act: str, negative_slope: float) -> None:
-    if act == "relu" or (act == "leaky_relu" and not negative_slope > 0):
-        raise ValueError(f"{where}: save_output=True recomputes x_hat from the output and needs "
-                         f"an invertible activation ('identity', or 'leaky_relu' with "
-                         f"negative_slope > 0), got act={act!r}, negative_slope={negative_slope}")
-
-
 def batch_norm_act(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor],
                    bias: Optional[Tensor], running_mean: Optional[Tensor],
-                   running_var: Optional[Tensor], training: bool, momentum: float, eps: float,
-                   act: str = "relu", negative_slope: float = 0.01, save_output: bool = False,
-                   weight_eps: float = _WEIGHT_EPS) -> Tensor:
-    """act(batch_norm(x) + residual), functional form (momentum: this batch's weight).
+                   running_var: Optional[Tensor], training: bool, momentum: Optional[float],
+                   eps: float, act: str = "relu", negative_slope: float = 0.01,
+                   save_output: bool = False, weight_eps: float = _WEIGHT_EPS,
+                   num_batches_tracked: int = 0) -> Tensor:
+    """act(batch_norm(x) + residual), functional form.
+
+    momentum as torch.nn.functional.batch_norm's: this batch's weight in the
+    running statistics, or None for the cumulative average, which needs
+    num_batches_tracked (batches seen, this one included). act: "identity",
+    "relu" or "leaky_relu" (negative_slope).
 
     Training (or no running statistics) normalizes with the batch statistics
     and updates the running ones in place when given; otherwise the running
     statistics normalize. Autograd runs in C++ (double backward included,
     except with save_output=True).
     """
-    if act not in _ACTS:
-        raise ValueError(f"bnorm.torch.batch_norm_act: act must be one of {sorted(_ACTS)}, "
-                         f"got {act!r}")
-    if save_output:
-        _check_save_output("bnorm.torch.batch_norm_act", act, negative_slope)
-        if residual is not None:
-            raise ValueError("bnorm.torch.batch_norm_act: save_output=True cannot take a "
-                             "residual (the output does not tell it apart from bn(x))")
-    code = _ACTS[act]
+    torch.ops.bnorm.check_epilogue(act, negative_slope, save_output, weight_eps, save_output,
+                                   residual is not None)
     if training or running_mean is None or running_var is None:
         return torch.ops.bnorm.fused_batch_norm_train(x, residual, weight, bias, running_mean,
-                                                      running_var, momentum, eps, code,
-                                                      negative_slope, save_output, weight_eps,
-                                                      save_output)[0]
+                                                      running_var, momentum, num_batches_tracked,
+                                                      eps, act, negative_slope, save_output,
+                                                      weight_eps, save_output)[0]
     return torch.ops.bnorm.fused_batch_norm_eval(x, residual, weight, bias, running_mean,
-                                                 running_var, eps, code, negative_slope,
+                                                 running_var, eps, act, negative_slope,
                                                  save_output, weight_eps)
 
 
@@ -93,11 +73,10 @@ class _BatchNormAct(_BatchNorm):
                  negative_slope: float = 0.01, save_output: bool = False, device=None,
                  dtype=None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        if act not in _ACTS:
-            raise ValueError(f"{type(self).__name__}: act must be one of {sorted(_ACTS)}, "
-                             f"got {act!r}")
-        if save_output:
-            _check_save_output(type(self).__name__, act, negative_slope)
+        # The core's checks of the settings (act, slope; with save_output, an
+        # invertible act), at construction rather than at the first forward.
+        torch.ops.bnorm.check_epilogue(act, float(negative_slope), save_output, _WEIGHT_EPS,
+                                       save_output, False)
         self.act = act
         self.negative_slope = float(negative_slope)
         self.save_output = save_output
@@ -111,27 +90,25 @@ class _BatchNormAct(_BatchNorm):
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
-        if self.save_output and residual is not None:
-            raise ValueError("BatchNormAct: save_output=True cannot take a residual (the output "
-                             "does not tell it apart from bn(x))")
         # The decisions of BatchNorm (modules.py): batch statistics in
         # training or when none are tracked, running statistics otherwise.
         counter = self.num_batches_tracked
-        factor, counts = _running_factor(self.momentum, counter, self.training,
-                                         self.track_running_stats)
+        batches, counts = _batches_seen(self.momentum, counter, self.training,
+                                        self.track_running_stats)
         pass_stats = not self.training or self.track_running_stats
         running_mean = self.running_mean if pass_stats else None
         running_var = self.running_var if pass_stats else None
-        code = _act_code(self.act)
         if not self.training and running_mean is not None and running_var is not None:
             y = torch.ops.bnorm.fused_batch_norm_eval(input, residual, self.weight, self.bias,
-                                                      running_mean, running_var, self.eps, code,
-                                                      self.negative_slope, self.save_output,
+                                                      running_mean, running_var, self.eps,
+                                                      self.act, self.negative_slope,
+                                                      self.save_output,
                                                       self.weight_eps)
         else:
             y = torch.ops.bnorm.fused_batch_norm_train(input, residual, self.weight, self.bias,
-                                                       running_mean, running_var, factor,
-                                                       self.eps, code, self.negative_slope,
+                                                       running_mean, running_var,
+                                                       self.momentum, batches, self.eps,
+                                                       self.act, self.negative_slope,
                                                        self.save_output, self.weight_eps,
                                                        self.save_output)[0]
         # Counted once the batch went through, so a bad input changes nothing.

@@ -15,21 +15,18 @@ from torch import Tensor
 from . import _ops  # noqa: F401  (registers torch.ops.bnorm)
 
 
-def _running_factor(momentum: Optional[float], counter: Optional[Tensor], training: bool,
-                    track_running_stats: bool) -> Tuple[float, bool]:
-    """The weight of this batch in the running statistics, and whether the
-    batch is counted (training with tracked statistics), as torch.nn.BatchNormXd
-    decides them; momentum None gives the cumulative average."""
-    factor = 0.0
-    if momentum is not None:
-        factor = momentum
-    counts = False
-    if training and track_running_stats and counter is not None:
-        counts = True
-        if momentum is None:
-            # Cumulative average over the batches seen, this one included.
-            factor = 1.0 / (float(counter) + 1.0)
-    return factor, counts
+def _batches_seen(momentum: Optional[float], counter: Optional[Tensor], training: bool,
+                  track_running_stats: bool) -> Tuple[int, bool]:
+    """Whether this batch is counted (training with tracked statistics, as
+    torch.nn.BatchNormXd decides), and the operators' num_batches_tracked: the
+    batches seen with this one, which the core turns into the weight of the
+    cumulative average when momentum is None (read only then, so the counter is
+    not read otherwise)."""
+    counts = training and track_running_stats and counter is not None
+    batches = 0
+    if counts and momentum is None and counter is not None:
+        batches = int(counter) + 1
+    return batches, counts
 
 
 class _BatchNorm(torch.nn.Module):
@@ -99,15 +96,15 @@ class _BatchNorm(torch.nn.Module):
         # statistics are updated when tracked; in eval they normalize when
         # they exist, else the batch statistics do.
         counter = self.num_batches_tracked
-        factor, counts = _running_factor(self.momentum, counter, self.training,
-                                         self.track_running_stats)
+        batches, counts = _batches_seen(self.momentum, counter, self.training,
+                                        self.track_running_stats)
         use_batch_stats = self.training or (self.running_mean is None
                                             and self.running_var is None)
         pass_stats = not self.training or self.track_running_stats
         y = torch.ops.bnorm.batch_norm(input, self.weight, self.bias,
                                        self.running_mean if pass_stats else None,
                                        self.running_var if pass_stats else None,
-                                       use_batch_stats, factor, self.eps)
+                                       use_batch_stats, self.momentum, batches, self.eps)
         # Counted once the batch went through, so a bad input changes nothing.
         if counts and counter is not None:
             counter.add_(1)

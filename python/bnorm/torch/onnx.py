@@ -7,8 +7,9 @@ _ONNX_TYPES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.fl
                "BFloat16": torch.bfloat16}
 
 
-@symbolic_helper.parse_args("v", "v", "v", "v", "v", "b", "f", "f")
-def _batch_norm(g, input, weight, bias, running_mean, running_var, training, momentum, eps):
+@symbolic_helper.parse_args("v", "v", "v", "v", "v", "b", "v", "i", "f")
+def _batch_norm(g, input, weight, bias, running_mean, running_var, training, momentum,
+                num_batches_tracked, eps):
     if training:
         raise RuntimeError(
             "bnorm.torch: ONNX export needs the model in eval mode with running statistics "
@@ -26,8 +27,12 @@ def _batch_norm(g, input, weight, bias, running_mean, running_var, training, mom
         if symbolic_helper._is_none(bias):
             bias = g.op("Constant", value_t=torch.zeros(channels, dtype=dtype))
     # ONNX's momentum is the decay of the running statistics: 1 - torch's.
+    # Eval mode never reads it; momentum None (the cumulative average) has no
+    # ONNX form and takes ONNX's default.
+    decay = (0.9 if symbolic_helper._is_none(momentum)
+             else 1.0 - float(symbolic_helper._maybe_get_const(momentum, "f")))
     return g.op("BatchNormalization", input, weight, bias, running_mean, running_var,
-                epsilon_f=eps, momentum_f=1.0 - momentum)
+                epsilon_f=eps, momentum_f=decay)
 
 
 for _opset in range(9, 18):

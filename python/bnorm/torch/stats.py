@@ -79,7 +79,7 @@ class _BatchRenorm(torch.nn.Module):
         self._check_input_dim(input)
         if not self.training:
             return torch.ops.bnorm.batch_norm(input, self.weight, self.bias, self.running_mean,
-                                              self.running_var, False, 0.0, self.eps)
+                                              self.running_var, False, None, 0, self.eps)
         if not (self.rmax >= 1 and self.rmax < float("inf")):
             raise ValueError(f"rmax must be finite and >= 1, got {self.rmax}")
         if not (self.dmax >= 0 and self.dmax < float("inf")):
@@ -101,7 +101,7 @@ class _BatchRenorm(torch.nn.Module):
         else:
             weight, bias = r, d + 0.0  # gamma = 1, beta = 0; +0.0 turns -0 into 0
         y = torch.ops.bnorm.batch_norm(input, weight, bias, self.running_mean, self.running_var,
-                                       True, float(self.momentum), self.eps)
+                                       True, float(self.momentum), 0, self.eps)
         self.num_batches_tracked.add_(1)
         # This step's r and d, for inspection (constants of the gradient).
         self.last_r, self.last_d = r, d
@@ -182,7 +182,7 @@ class _GhostBatchNorm(torch.nn.Module):
         if not self.training:
             use_batch = self.running_mean is None
             return torch.ops.bnorm.batch_norm(input, self.weight, self.bias, self.running_mean,
-                                              self.running_var, use_batch, 0.0, self.eps)
+                                              self.running_var, use_batch, None, 0, self.eps)
         n, vbs = input.shape[0], self.virtual_batch_size
         spatial = input[0, 0].numel() if input.dim() > 2 else 1
         last = n % vbs
@@ -194,13 +194,10 @@ class _GhostBatchNorm(torch.nn.Module):
         counter = int(self.num_batches_tracked) if track else 0
         outputs = []
         for g, part in enumerate(torch.split(input, vbs, dim=0)):
-            if self.momentum is None:
-                factor = 1.0 / (counter + g + 1) if track else 0.0
-            else:
-                factor = float(self.momentum)
+            # Group g counts as batch counter + g + 1 (read with momentum None).
             outputs.append(torch.ops.bnorm.batch_norm(part, self.weight, self.bias,
                                                       self.running_mean, self.running_var, True,
-                                                      factor, self.eps))
+                                                      self.momentum, counter + g + 1, self.eps))
         if track:
             self.num_batches_tracked.add_(len(outputs))
         return torch.cat(outputs, dim=0)

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers torch.ops.bnorm)
-from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _running_factor
+from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _batches_seen
 
 
 class SyncTimeoutError(RuntimeError):
@@ -159,10 +159,10 @@ def _preflight(input, num_features, momentum, eps, group, deadline):
 
 class _SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, group,
-                num_features, momentum_setting, timeout):
+    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, batches, eps, group,
+                num_features, timeout):
         deadline = _Deadline("forward", group, timeout)
-        count, _ = _preflight(input, num_features, momentum_setting, eps, group, deadline)
+        count, _ = _preflight(input, num_features, momentum, eps, group, deadline)
         c = input.size(1)
         n = input.numel() // c
         mean, m2 = torch.ops.bnorm.sync_local_moments(input)
@@ -176,7 +176,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         global_var = ((s2 - s1 * s1 / count) / count).clamp_min(0)
         y, save_mean, save_invstd = torch.ops.bnorm.sync_forward(
             input, weight, bias, global_mean, global_var, count, running_mean, running_var,
-            momentum, eps)
+            momentum, batches, eps)
         ctx.save_for_backward(input, weight, save_mean, save_invstd)
         ctx.count, ctx.group, ctx.timeout = count, group, timeout
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -243,13 +243,13 @@ class SyncBatchNorm(_BatchNorm):
         if group is None:
             return super().forward(input)
         counter = self.num_batches_tracked
-        factor, counts = _running_factor(self.momentum, counter, self.training,
-                                         self.track_running_stats)
+        batches, counts = _batches_seen(self.momentum, counter, self.training,
+                                        self.track_running_stats)
         track = self.track_running_stats
         y = _SyncBatchNormFunction.apply(
             input, self.weight, self.bias, self.running_mean if track else None,
-            self.running_var if track else None, factor, self.eps, group, self.num_features,
-            self.momentum, _seconds(self.timeout))
+            self.running_var if track else None, self.momentum, batches, self.eps, group,
+            self.num_features, _seconds(self.timeout))
         if counts and counter is not None:
             counter.add_(1)
         return y

@@ -10,22 +10,25 @@ namespace bnorm::ops {
 at::Tensor batch_norm(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
                       const c10::optional<at::Tensor>& bias,
                       const c10::optional<at::Tensor>& running_mean,
-                      const c10::optional<at::Tensor>& running_var, bool training, double momentum,
-                      double eps) {
+                      const c10::optional<at::Tensor>& running_var, bool training,
+                      c10::optional<double> momentum, int64_t num_batches_tracked, double eps) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("bnorm::batch_norm", "")
                        .typed<decltype(batch_norm)>();
-  return op.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
+  return op.call(input, weight, bias, running_mean, running_var, training, momentum,
+                 num_batches_tracked, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, double momentum, double eps) {
+    const c10::optional<at::Tensor>& running_var, c10::optional<double> momentum,
+    int64_t num_batches_tracked, double eps) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("bnorm::batch_norm_train", "")
                        .typed<decltype(batch_norm_train)>();
-  return op.call(input, weight, bias, running_mean, running_var, momentum, eps);
+  return op.call(input, weight, bias, running_mean, running_var, momentum, num_batches_tracked,
+                 eps);
 }
 
 at::Tensor batch_norm_eval(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
@@ -58,10 +61,11 @@ at::Tensor batch_norm_composite(const at::Tensor& input, const c10::optional<at:
                                 const c10::optional<at::Tensor>& bias,
                                 const c10::optional<at::Tensor>& running_mean,
                                 const c10::optional<at::Tensor>& running_var, bool training,
-                                double momentum, double eps) {
+                                c10::optional<double> momentum, int64_t num_batches_tracked,
+                                double eps) {
   if (training)
-    return std::get<0>(
-        batch_norm_train(input, weight, bias, running_mean, running_var, momentum, eps));
+    return std::get<0>(batch_norm_train(input, weight, bias, running_mean, running_var, momentum,
+                                        num_batches_tracked, eps));
   const bool have_mean = running_mean.has_value() && running_mean->defined();
   const bool have_var = running_var.has_value() && running_var->defined();
   TORCH_CHECK_VALUE(have_mean && have_var,
@@ -79,10 +83,12 @@ TORCH_LIBRARY(bnorm, m) {
   // so TorchScript and the tracer keep the mutation.
   m.def(
       "batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, bool training, float momentum, float eps) -> Tensor");
+      "Tensor(b!)? running_var, bool training, float? momentum, int num_batches_tracked, float "
+      "eps) -> Tensor");
   m.def(
       "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+      "Tensor(b!)? running_var, float? momentum, int num_batches_tracked, float eps) -> (Tensor, "
+      "Tensor, Tensor)");
   m.def(
       "batch_norm_eval(Tensor input, Tensor? weight, Tensor? bias, Tensor running_mean, "
       "Tensor running_var, float eps) -> Tensor");

@@ -21,14 +21,15 @@ namespace bnorm::ops {
 at::Tensor batch_norm(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
                       const c10::optional<at::Tensor>& bias,
                       const c10::optional<at::Tensor>& running_mean,
-                      const c10::optional<at::Tensor>& running_var, bool training, double momentum,
-                      double eps);
+                      const c10::optional<at::Tensor>& running_var, bool training,
+                      c10::optional<double> momentum, int64_t num_batches_tracked, double eps);
 
 // Training forward: (y, save_mean, save_invstd).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, double momentum, double eps);
+    const c10::optional<at::Tensor>& running_var, c10::optional<double> momentum,
+    int64_t num_batches_tracked, double eps);
 
 // Eval forward with the running statistics.
 at::Tensor batch_norm_eval(const at::Tensor& input, const c10::optional<at::Tensor>& weight,

@@ -2,7 +2,7 @@
 // y = act(bn(x) + residual), bnorm/fused.hpp over tensors. Schemas in
 // fused_batch_norm.cpp, CPU kernels in cpu/fused_batch_norm_kernel.cpp,
 // autograd in autograd/fused_batch_norm_kernel.cpp. These functions call
-// through the dispatcher. act: 0 identity, 1 relu, 2 leaky_relu (slope).
+// through the dispatcher. act: "identity", "relu" or "leaky_relu" (slope), bnorm::activation_name.
 // abs_weight: InPlace-ABN's gamma_eff = |weight| + weight_eps.
 #pragma once
 
@@ -20,15 +20,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_batch_norm_train(
     const at::Tensor& input, const c10::optional<at::Tensor>& residual,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-    double momentum, double eps, int64_t act, double slope, bool abs_weight, double weight_eps,
-    bool save_output);
+    c10::optional<double> momentum, int64_t num_batches_tracked, double eps, c10::string_view act,
+    double slope, bool abs_weight, double weight_eps, bool save_output);
 
 // Eval forward with the running statistics.
 at::Tensor fused_batch_norm_eval(const at::Tensor& input, const c10::optional<at::Tensor>& residual,
                                  const c10::optional<at::Tensor>& weight,
                                  const c10::optional<at::Tensor>& bias,
                                  const at::Tensor& running_mean, const at::Tensor& running_var,
-                                 double eps, int64_t act, double slope, bool abs_weight,
+                                 double eps, c10::string_view act, double slope, bool abs_weight,
                                  double weight_eps);
 
 // (dx, dweight, dbias, dresidual) of the training forward, each where
@@ -37,7 +37,7 @@ at::Tensor fused_batch_norm_eval(const at::Tensor& input, const c10::optional<at
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_batch_norm_backward(
     const at::Tensor& grad_out, const at::Tensor& output, const c10::optional<at::Tensor>& input,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& save_mean, const at::Tensor& save_invstd, int64_t act, double slope,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, c10::string_view act, double slope,
     bool abs_weight, double weight_eps, bool from_output, std::array<bool, 4> output_mask);
 
 }  // namespace bnorm::ops

@@ -12,8 +12,8 @@ TORCH_LIBRARY_FRAGMENT(bnorm, m) {
   // and the running statistics updated in place.
   m.def(
       "sync_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
-      "int count, Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, "
-      "float eps) -> (Tensor, Tensor, Tensor)");
+      "int count, Tensor(a!)? running_mean, Tensor(b!)? running_var, float? momentum, "
+      "int num_batches_tracked, float eps) -> (Tensor, Tensor, Tensor)");
   // Per channel over the local slice: (sum dy, sum dy * x_hat), float64.
   m.def(
       "sync_local_backward_sums(Tensor grad_out, Tensor input, Tensor save_mean, "

@@ -34,11 +34,12 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
                                const c10::optional<Variable>& weight,
                                const c10::optional<Variable>& bias,
                                const c10::optional<Variable>& running_mean,
-                               const c10::optional<Variable>& running_var, double momentum,
+                               const c10::optional<Variable>& running_var,
+                               c10::optional<double> momentum, int64_t num_batches_tracked,
                                double eps) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, save_mean, save_invstd] =
-        batch_norm_train(input, weight, bias, running_mean, running_var, momentum, eps);
+    auto [y, save_mean, save_invstd] = batch_norm_train(
+        input, weight, bias, running_mean, running_var, momentum, num_batches_tracked, eps);
     mark_written(running_mean);
     mark_written(running_var);
     ctx->save_for_backward({input, weight.value_or(at::Tensor()), save_mean, save_invstd});
@@ -51,7 +52,7 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask = saved_mask(ctx);
-    variable_list out(7);
+    variable_list out(8);  // one per argument of forward
     if (!grads[0].defined()) return out;
     auto [dx, dweight, dbias] = batch_norm_backward(
         grads[0], saved[0], saved[1], c10::nullopt, c10::nullopt, saved[2], saved[3],
@@ -237,8 +238,10 @@ class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_autograd(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, double momentum, double eps) {
-  auto out = TrainFunction::apply(input, weight, bias, running_mean, running_var, momentum, eps);
+    const c10::optional<at::Tensor>& running_var, c10::optional<double> momentum,
+    int64_t num_batches_tracked, double eps) {
+  auto out = TrainFunction::apply(input, weight, bias, running_mean, running_var, momentum,
+                                  num_batches_tracked, eps);
   return {out[0], out[1], out[2]};
 }
 

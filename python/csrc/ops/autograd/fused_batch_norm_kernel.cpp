@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include "../batch_norm.h"
+#include "../cpu/tensors.h"
 #include "../fused_batch_norm.h"
 #include "autograd.h"
 
@@ -30,13 +31,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
-
-constexpr int64_t kRelu = 1, kLeakyRelu = 2;
-
-void check_act(const char* fn, int64_t act) {
-  TORCH_CHECK_VALUE(act >= 0 && act <= 2, "bnorm.", fn,
-                    ": act must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ", act);
-}
 
 // gamma as the layer uses it, per channel: weight (1 when None), or
 // |weight| + weight_eps with abs_weight; and d gamma / d weight.
@@ -53,34 +47,33 @@ Gamma gamma_of(const at::Tensor& weight, int64_t channels, const at::TensorOptio
 }
 
 // act'(z) read off y = act(z): 1 where y > 0, else 0 (relu) or slope.
-at::Tensor act_mask(const at::Tensor& y, int64_t act, double slope) {
-  if (act == kRelu) return (y > 0).to(y.scalar_type());
+at::Tensor act_mask(const at::Tensor& y, Activation act, double slope) {
+  if (act == Activation::relu) return (y > 0).to(y.scalar_type());
   // Built in y's dtype, so that a float64 slope is not rounded to float32.
-  if (act == kLeakyRelu) return at::where(y > 0, at::ones_like(y), at::full_like(y, slope));
+  if (act == Activation::leaky_relu)
+    return at::where(y > 0, at::ones_like(y), at::full_like(y, slope));
   return at::Tensor();  // identity: 1
 }
 
 class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Variable& input,
-                               const c10::optional<Variable>& residual,
-                               const c10::optional<Variable>& weight,
-                               const c10::optional<Variable>& bias,
-                               const c10::optional<Variable>& running_mean,
-                               const c10::optional<Variable>& running_var, double momentum,
-                               double eps, int64_t act, double slope, bool abs_weight,
-                               double weight_eps, bool save_output) {
+  static variable_list forward(
+      AutogradContext* ctx, const Variable& input, const c10::optional<Variable>& residual,
+      const c10::optional<Variable>& weight, const c10::optional<Variable>& bias,
+      const c10::optional<Variable>& running_mean, const c10::optional<Variable>& running_var,
+      c10::optional<double> momentum, int64_t num_batches_tracked, double eps, c10::string_view act,
+      double slope, bool abs_weight, double weight_eps, bool save_output) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, save_mean, save_invstd] =
-        fused_batch_norm_train(input, residual, weight, bias, running_mean, running_var, momentum,
-                               eps, act, slope, abs_weight, weight_eps, save_output);
+    auto [y, save_mean, save_invstd] = fused_batch_norm_train(
+        input, residual, weight, bias, running_mean, running_var, momentum, num_batches_tracked,
+        eps, act, slope, abs_weight, weight_eps, save_output);
     mark_written(running_mean);
     mark_written(running_var);
     // Backward from the output keeps y alone (the point of save_output);
     // otherwise x as well, for x_hat.
     ctx->save_for_backward({y, save_output ? at::Tensor() : input, weight.value_or(at::Tensor()),
                             bias.value_or(at::Tensor()), save_mean, save_invstd});
-    ctx->saved_data["act"] = act;
+    ctx->saved_data["act"] = std::string(act);
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["abs_weight"] = abs_weight;
     ctx->saved_data["weight_eps"] = weight_eps;
@@ -94,11 +87,11 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto need = ctx->saved_data["mask"].toBoolList();
-    variable_list out(13);
+    variable_list out(14);  // one per argument of forward
     if (!grads[0].defined()) return out;
     auto [dx, dweight, dbias, dresidual] = fused_batch_norm_backward(
         grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
-        ctx->saved_data["act"].toInt(), ctx->saved_data["slope"].toDouble(),
+        ctx->saved_data["act"].toStringRef(), ctx->saved_data["slope"].toDouble(),
         ctx->saved_data["abs_weight"].toBool(), ctx->saved_data["weight_eps"].toDouble(),
         ctx->saved_data["save_output"].toBool(), {need[0], need[1], need[2], need[3]});
     out[0] = dx;
@@ -115,7 +108,7 @@ class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
                                const Variable& output, const c10::optional<Variable>& input,
                                const c10::optional<Variable>& weight,
                                const c10::optional<Variable>& bias, const Variable& save_mean,
-                               const Variable& save_invstd, int64_t act, double slope,
+                               const Variable& save_invstd, c10::string_view act, double slope,
                                bool abs_weight, double weight_eps, bool from_output,
                                std::array<bool, 4> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -126,7 +119,7 @@ class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
     if (!from_output) {
       ctx->save_for_backward({grad_out, output, input.value_or(at::Tensor()),
                               weight.value_or(at::Tensor()), save_mean, save_invstd});
-      ctx->saved_data["act"] = act;
+      ctx->saved_data["act"] = std::string(act);
       ctx->saved_data["slope"] = slope;
       ctx->saved_data["abs_weight"] = abs_weight;
       ctx->saved_data["weight_eps"] = weight_eps;
@@ -159,7 +152,7 @@ class BackwardFunction : public torch::autograd::Function<BackwardFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto need = ctx->saved_data["need"].toBoolList();
     const at::Tensor &dy = saved[0], &y = saved[1], &x = saved[2], &weight = saved[3];
-    const int64_t act = ctx->saved_data["act"].toInt();
+    const Activation act = cpu::activation_of(ctx->saved_data["act"].toStringRef());
     // The mask's derivative is zero almost everywhere: y enters as a constant.
     const at::Tensor mask = act_mask(y.detach(), act, ctx->saved_data["slope"].toDouble());
     const at::Tensor dz = mask.defined() ? dy * mask : dy;
@@ -187,10 +180,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_train_autograd(
     const at::Tensor& input, const c10::optional<at::Tensor>& residual,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-    double momentum, double eps, int64_t act, double slope, bool abs_weight, double weight_eps,
-    bool save_output) {
+    c10::optional<double> momentum, int64_t num_batches_tracked, double eps, c10::string_view act,
+    double slope, bool abs_weight, double weight_eps, bool save_output) {
   auto out = TrainFunction::apply(input, residual, weight, bias, running_mean, running_var,
-                                  momentum, eps, act, slope, abs_weight, weight_eps, save_output);
+                                  momentum, num_batches_tracked, eps, act, slope, abs_weight,
+                                  weight_eps, save_output);
   return {out[0], out[1], out[2]};
 }
 
@@ -198,7 +192,7 @@ at::Tensor fused_eval_autograd(const at::Tensor& input, const c10::optional<at::
                                const c10::optional<at::Tensor>& weight,
                                const c10::optional<at::Tensor>& bias,
                                const at::Tensor& running_mean, const at::Tensor& running_var,
-                               double eps, int64_t act, double slope, bool abs_weight,
+                               double eps, c10::string_view act, double slope, bool abs_weight,
                                double weight_eps) {
   const bool grads = at::GradMode::is_enabled() && (input.requires_grad() || wants_grad(residual) ||
                                                     wants_grad(weight) || wants_grad(bias));
@@ -207,7 +201,7 @@ at::Tensor fused_eval_autograd(const at::Tensor& input, const c10::optional<at::
     return fused_batch_norm_eval(input, residual, weight, bias, running_mean, running_var, eps, act,
                                  slope, abs_weight, weight_eps);
   }
-  check_act("fused_batch_norm_eval", act);
+  const Activation a = cpu::activation_of(act);
   c10::optional<at::Tensor> w = weight;
   if (abs_weight)
     w = gamma_of(weight.value_or(at::Tensor()), input.size(1), running_mean.options(), true,
@@ -215,15 +209,15 @@ at::Tensor fused_eval_autograd(const at::Tensor& input, const c10::optional<at::
             .value;
   at::Tensor z = batch_norm_eval(input, w, bias, running_mean, running_var, eps);
   if (given(residual)) z = z + *residual;
-  if (act == kRelu) return at::relu(z);
-  if (act == kLeakyRelu) return at::leaky_relu(z, slope);
+  if (a == Activation::relu) return at::relu(z);
+  if (a == Activation::leaky_relu) return at::leaky_relu(z, slope);
   return z;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_autograd(
     const at::Tensor& grad_out, const at::Tensor& output, const c10::optional<at::Tensor>& input,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& save_mean, const at::Tensor& save_invstd, int64_t act, double slope,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, c10::string_view act, double slope,
     bool abs_weight, double weight_eps, bool from_output, std::array<bool, 4> output_mask) {
   auto out = BackwardFunction::apply(grad_out, output, input, weight, bias, save_mean, save_invstd,
                                      act, slope, abs_weight, weight_eps, from_output, output_mask);

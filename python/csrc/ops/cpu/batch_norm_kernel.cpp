@@ -17,7 +17,8 @@ using namespace cpu;
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight_opt,
     const c10::optional<at::Tensor>& bias_opt, const c10::optional<at::Tensor>& running_mean_opt,
-    const c10::optional<at::Tensor>& running_var_opt, double momentum, double eps) {
+    const c10::optional<at::Tensor>& running_var_opt, c10::optional<double> momentum,
+    int64_t num_batches_tracked, double eps) {
   constexpr const char* fn = "batch_norm_train";
   check_input(fn, input);
   const at::Tensor weight = channel_vector(fn, "weight", weight_opt, input);
@@ -40,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(
     using P = param_t<T>;
     forward_training<T>(shape, data<T>(x), data<P>(weight), data<P>(bias), data<T>(y),
                         data<P>(save_mean), data<P>(save_invstd), data<P>(running_mean),
-                        data<P>(running_var), options_of(eps, momentum));
+                        data<P>(running_var), options_of(eps, momentum, num_batches_tracked));
   });
   // A running statistic that was converted or packed: write the update back.
   write_back(running_mean_opt, running_mean);
@@ -110,13 +111,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
                   data<T>(dx), data<P>(dweight), data<P>(dbias));
       return;
     }
-    // Eval: the running statistics are constants, so this is the
-    // frozen-moments gradient with invstd = 1/sqrt(running_var + eps).
-    std::vector<P> invstd(static_cast<size_t>(c));
-    const P* var = data<P>(spread);
-    for (int64_t k = 0; k < c; ++k) invstd[size_t(k)] = P(1.0 / std::sqrt(double(var[k]) + eps));
-    backward_frozen_moments<T>(shape, data<T>(dy), data<T>(x), data<P>(weight), data<P>(mean),
-                               invstd.data(), data<T>(dx), data<P>(dweight), data<P>(dbias));
+    // Eval: the running statistics are constants.
+    backward_inference<T>(shape, data<T>(dy), data<T>(x), data<P>(weight), data<P>(mean),
+                          data<P>(spread), data<T>(dx), data<P>(dweight), data<P>(dbias), eps);
   });
   return {dx, as_parameter(dweight, weight_opt), as_parameter(dbias, weight_opt)};
 }

@@ -16,12 +16,9 @@ namespace {
 
 using namespace cpu;
 
-Epilogue epilogue_of(const char* fn, int64_t act, double slope, bool abs_weight,
-                     double weight_eps) {
-  TORCH_CHECK_VALUE(act >= 0 && act <= 2, "bnorm.", fn,
-                    ": act must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ", act);
+Epilogue epilogue_of(c10::string_view act, double slope, bool abs_weight, double weight_eps) {
   Epilogue e;
-  e.act = static_cast<Activation>(act);
+  e.act = activation_of(act);
   e.negative_slope = slope;
   e.abs_weight = abs_weight;
   e.weight_eps = weight_eps;
@@ -32,21 +29,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_train_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& residual_opt,
     const c10::optional<at::Tensor>& weight_opt, const c10::optional<at::Tensor>& bias_opt,
     const c10::optional<at::Tensor>& running_mean_opt,
-    const c10::optional<at::Tensor>& running_var_opt, double momentum, double eps, int64_t act,
-    double slope, bool abs_weight, double weight_eps, bool save_output) {
+    const c10::optional<at::Tensor>& running_var_opt, c10::optional<double> momentum,
+    int64_t num_batches_tracked, double eps, c10::string_view act, double slope, bool abs_weight,
+    double weight_eps, bool save_output) {
   constexpr const char* fn = "fused_batch_norm_train";
   check_input(fn, input);
-  const Epilogue e = epilogue_of(fn, act, slope, abs_weight, weight_eps);
+  const Epilogue e = epilogue_of(act, slope, abs_weight, weight_eps);
+  // save_output: the backward will recover x_hat from y; what that needs is
+  // checked now, before anything is written.
   const bool residual = residual_opt.has_value() && residual_opt->defined();
-  // The backward from the output needs act^-1, and y = act(bn(x) + r)
-  // cannot tell r apart from bn(x).
-  TORCH_CHECK_VALUE(!save_output || act == 0 || (act == 2 && slope > 0), "bnorm.", fn,
-                    ": save_output=True recomputes x_hat from the output and needs an invertible "
-                    "activation (act 0, or 2 with slope > 0), got act ",
-                    act, ", slope ", slope);
-  TORCH_CHECK_VALUE(!save_output || !residual, "bnorm.", fn,
-                    ": save_output=True cannot take a residual (the output does not tell it "
-                    "apart from bn(x))");
+  if (save_output) run([&] { check_epilogue(fn, e, true, residual); });
   const bool channels_last = is_channels_last(input);
   const at::Tensor x = in_layout(input, channels_last);
   const at::Tensor r = like_input(fn, "residual", residual_opt, input, channels_last);
@@ -64,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_train_cpu(
     fused_forward_training<T>(shape, data<T>(x), data<T>(r), data<P>(weight), data<P>(bias),
                               data<T>(y), data<P>(save_mean), data<P>(save_invstd),
                               data<P>(running_mean), data<P>(running_var),
-                              options_of(eps, momentum), e);
+                              options_of(eps, momentum, num_batches_tracked), e);
   });
   write_back(running_mean_opt, running_mean);
   write_back(running_var_opt, running_var);
@@ -75,11 +67,11 @@ at::Tensor fused_eval_cpu(const at::Tensor& input, const c10::optional<at::Tenso
                           const c10::optional<at::Tensor>& weight_opt,
                           const c10::optional<at::Tensor>& bias_opt,
                           const at::Tensor& running_mean_in, const at::Tensor& running_var_in,
-                          double eps, int64_t act, double slope, bool abs_weight,
+                          double eps, c10::string_view act, double slope, bool abs_weight,
                           double weight_eps) {
   constexpr const char* fn = "fused_batch_norm_eval";
   check_input(fn, input);
-  const Epilogue e = epilogue_of(fn, act, slope, abs_weight, weight_eps);
+  const Epilogue e = epilogue_of(act, slope, abs_weight, weight_eps);
   const bool channels_last = is_channels_last(input);
   const at::Tensor x = in_layout(input, channels_last);
   const at::Tensor r = like_input(fn, "residual", residual_opt, input, channels_last);
@@ -102,11 +94,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& output,
     const c10::optional<at::Tensor>& input_opt, const c10::optional<at::Tensor>& weight_opt,
     const c10::optional<at::Tensor>& bias_opt, const at::Tensor& save_mean_in,
-    const at::Tensor& save_invstd_in, int64_t act, double slope, bool abs_weight, double weight_eps,
-    bool from_output, std::array<bool, 4> mask) {
+    const at::Tensor& save_invstd_in, c10::string_view act, double slope, bool abs_weight,
+    double weight_eps, bool from_output, std::array<bool, 4> mask) {
   constexpr const char* fn = "fused_batch_norm_backward";
   check_input(fn, output);
-  const Epilogue e = epilogue_of(fn, act, slope, abs_weight, weight_eps);
+  const Epilogue e = epilogue_of(act, slope, abs_weight, weight_eps);
   const bool channels_last = is_channels_last(output);
   const at::Tensor y = in_layout(output, channels_last);
   const at::Tensor dy = like_input(fn, "grad_out", grad_out, output, channels_last);

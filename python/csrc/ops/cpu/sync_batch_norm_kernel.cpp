@@ -39,7 +39,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sync_forward_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight_opt,
     const c10::optional<at::Tensor>& bias_opt, const at::Tensor& mean_in, const at::Tensor& var_in,
     int64_t count, const c10::optional<at::Tensor>& running_mean_opt,
-    const c10::optional<at::Tensor>& running_var_opt, double momentum, double eps) {
+    const c10::optional<at::Tensor>& running_var_opt, c10::optional<double> momentum,
+    int64_t num_batches_tracked, double eps) {
   constexpr const char* fn = "sync_forward";
   check_input(fn, input);
   const at::Tensor weight = channel_vector(fn, "weight", weight_opt, input);
@@ -54,9 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sync_forward_cpu(
   const auto stat_options = input.options().dtype(param_type(input));
   at::Tensor save_mean = at::empty({input.size(1)}, stat_options);
   at::Tensor save_invstd = at::empty({input.size(1)}, stat_options);
-  Options options;
-  options.eps = eps;
-  options.momentum = momentum;
+  const Options options = options_of(eps, momentum, num_batches_tracked);
   run_typed(input, [&]<class T>() {
     using P = param_t<T>;
     distributed::forward_with_moments<T>(

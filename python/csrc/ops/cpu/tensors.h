@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 
 #include <bnorm/bnorm.hpp>
+#include <bnorm/fused.hpp>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -182,11 +183,24 @@ inline at::Tensor as_parameter(const at::Tensor& grad, const c10::optional<at::T
   return convert ? grad.to(weight->scalar_type()) : grad;
 }
 
-inline Options options_of(double eps, double momentum) {
+// The operators' eps, momentum (None: the cumulative average) and
+// num_batches_tracked (batches seen, this one included), as the core reads them.
+inline Options options_of(double eps, c10::optional<double> momentum, int64_t num_batches_tracked) {
   Options options;
   options.eps = eps;
-  options.momentum = momentum;
+  options.momentum = momentum ? std::optional<double>(*momentum) : std::nullopt;
+  options.num_batches_tracked = num_batches_tracked;
   return options;
+}
+
+// The core's Activation for an operator's act string; bnorm's error (which
+// lists the names) as ValueError.
+inline Activation activation_of(c10::string_view act) {
+  try {
+    return activation_from_name(std::string_view(act.data(), act.size()));
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
 }
 
 // Writes a kernel's result back to the caller's tensor when the kernel
