@@ -128,6 +128,7 @@ def main():
     ap.add_argument("--link", action="append", default=[],
                     help="a library or linker flag for the C++ examples (repeatable)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per example")
+    ap.add_argument("--verbose", action="store_true", help="print every example's output")
     ap.add_argument("files", nargs="*", type=Path,
                     help="Markdown files (default: README.md and docs/*.md of the source dir)")
     args = ap.parse_args()
@@ -194,6 +195,8 @@ def main():
             ran[lang] = ran.get(lang, 0) + 1
             status = "ok" if rc == 0 else f"FAILED (exit {rc})"
             print(f"{where}: {lang:6} {secs:6.1f} s  {status}", flush=True)
+            if rc == 0 and args.verbose:
+                print("    " + "\n    ".join(out.rstrip().splitlines()), flush=True)
             if rc != 0:
                 failed.append(where)
                 print("    " + "\n    ".join(b.code.rstrip().splitlines()))
