@@ -23,6 +23,10 @@ An HTML comment on the line right before a fence changes what happens:
 Without a comment a block must be a whole program (C++: with its main).
 Any other docs-test comment, or one before a block that is not run, is an
 error, so that no block is left out without saying so.
+
+Relative links, [text](path) and [text](path#anchor), must name a file of
+the source tree and, for a Markdown file, a heading of it (GitHub's anchor
+for the heading), or the test fails too.
 """
 
 import argparse
@@ -79,6 +83,52 @@ def parse(path):
         blocks.append(Block(path, start + 1, tag, code, d.group(1) if d else None))
         i = j + 1
     return blocks, errors
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^()\s]+)\)")
+
+
+def anchor(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to -."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path):
+    seen, out = {}, set()
+    in_fence = False
+    for line in path.read_text().splitlines():
+        if re.match(r"^\s*```", line):
+            in_fence = not in_fence
+        m = None if in_fence else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            a = anchor(m.group(1))
+            n = seen.get(a, 0)
+            seen[a] = n + 1
+            out.add(a if n == 0 else f"{a}-{n}")
+    return out
+
+
+def check_links(path, root):
+    """Errors for relative links to missing files or headings."""
+    errors = []
+    in_fence = False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if re.match(r"^\s*```", line):
+            in_fence = not in_fence
+        if in_fence:
+            continue
+        for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
+            if re.match(r"^[a-z]+:", target):
+                continue  # http:, https:, mailto:
+            file, _, frag = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            where = f"{path.relative_to(root)}:{number}"
+            if not dest.exists():
+                errors.append(f"{where}: link to {target}: no such file")
+            elif frag and dest.suffix == ".md" and frag not in anchors(dest):
+                errors.append(f"{where}: link to {target}: no such heading")
+    return errors
 
 
 def run(cmd, cwd, env, timeout):
@@ -141,6 +191,8 @@ def main():
         blocks += b
         errors += e
     root = source if all(f.resolve().is_relative_to(source) for f in files) else Path("/")
+    for f in files:
+        errors += check_links(f.resolve(), root)
 
     env = dict(os.environ)
     env["PYTHONPATH"] = str(build / "python") + os.pathsep + env.get("PYTHONPATH", "")
