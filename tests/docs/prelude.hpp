@@ -4,7 +4,6 @@
 #pragma once
 
 #include <bnorm/bnorm.hpp>
-
 #include <cstdint>
 #include <cstdio>
 #include <random>
