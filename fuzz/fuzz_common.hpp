@@ -273,7 +273,7 @@ void expect_close(const char* what, int64_t index, T got, double want, double bo
               num(want) + ", error " + num(std::abs(g - want)) + " > bound " + num(bound));
 }
 
-// A documented limit (README, Reliability): the float32 backward sums
+// A documented limit (docs/reliability.md): the float32 backward sums
 // dy * (x - mean) in float, so a channel whose sums of those magnitudes pass
 // FLT_MAX gets NaN or Inf gradients where the double reference is finite.
 // The harnesses skip such channels, and only those: `magnitude` is the
