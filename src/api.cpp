@@ -3,7 +3,6 @@
 #include <cmath>
 #include <vector>
 
-#include "cpu/fast.hpp"
 #include "cpu/kernels.hpp"
 #include "validate.hpp"
 

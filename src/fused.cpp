@@ -1,13 +1,11 @@
 // The fused public functions (bnorm/fused.hpp): validate everything, compute
 // the per-channel coefficients in double, then run the fused kernels.
-#include "cpu/fused.hpp"
-
 #include <bnorm/fused.hpp>
 #include <cmath>
 #include <string>
 #include <vector>
 
-#include "cpu/fast.hpp"
+#include "cpu/kernels.hpp"
 #include "validate.hpp"
 
 namespace bnorm {

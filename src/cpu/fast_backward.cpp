@@ -347,7 +347,7 @@ void Backward(const Shape& shape, const T* dy, const T* x, T* dx,
   if (dx) DxAll(shape, dy, x, mu, a.data(), b.data(), cc.data(), dx);
 }
 
-#define BNORM_BACKWARD(T, S, name)                                                             \
+#define BNORM_BACKWARD(T, S, name)                                                       \
   void ReduceAll##S(const Shape& shape, const T* dy, const T* x, const param_t<T>* mu,   \
                     double* sum_dy, double* sum_dy_xmu) {                                \
     ReduceAll<T>(shape, dy, x, mu, sum_dy, sum_dy_xmu);                                  \
@@ -370,9 +370,9 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace bnorm::cpu {
 
-#define BNORM_EXPORT(T, S, name)  \
-  HWY_EXPORT(ReduceAll##S); \
-  HWY_EXPORT(DxAll##S);     \
+#define BNORM_EXPORT(T, S, name) \
+  HWY_EXPORT(ReduceAll##S);      \
+  HWY_EXPORT(DxAll##S);          \
   HWY_EXPORT(Backward##S);
 BNORM_FOR_EACH_TYPE(BNORM_EXPORT)
 #undef BNORM_EXPORT
@@ -395,7 +395,7 @@ void backward_fast(const Shape& shape, const T* dy, const T* x, T* dx,
   BNORM_DISPATCH(Backward, shape, dy, x, dx, out);
 }
 
-#define BNORM_INSTANTIATE(T, S, name)                                                                   \
+#define BNORM_INSTANTIATE(T, S, name)                                                             \
   template void backward_reduce_fast<T>(const Shape&, const T*, const T*, const param_t<T>*,      \
                                         double*, double*);                                        \
   template void backward_dx_fast<T>(const Shape&, const T*, const T*, const param_t<T>*,          \

@@ -272,7 +272,7 @@ void ForwardTraining(const Shape& shape, const T* x, T* y, const ForwardOutputs<
   NormalizeAll(shape, x, mu.data(), scale.data(), shift.data(), y);
 }
 
-#define BNORM_FORWARD(T, S, name)                                        \
+#define BNORM_FORWARD(T, S, name)                                  \
   void ForwardTraining##S(const Shape& shape, const T* x, T* y,    \
                           const ForwardOutputs<param_t<T>>& out) { \
     ForwardTraining<T>(shape, x, y, out);                          \
@@ -297,7 +297,7 @@ void forward_training_fast(const Shape& shape, const T* x, T* y,
   BNORM_DISPATCH(ForwardTraining, shape, x, y, out);
 }
 
-#define BNORM_INSTANTIATE(T, S, name)                                      \
+#define BNORM_INSTANTIATE(T, S, name)                                \
   template void forward_training_fast<T>(const Shape&, const T*, T*, \
                                          const ForwardOutputs<param_t<T>>&);
 BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)

@@ -17,7 +17,6 @@
 // clang-format off
 #include <hwy/highway.h>
 #include "src/cpu/fast_common-inl.h"
-#include "src/cpu/fused.hpp"
 // clang-format on
 
 #include <algorithm>
@@ -491,7 +490,7 @@ struct DxRun {
   static void run(const FusedArgs<T>& a) { FusedDxA<A, FromOutput, T>(a); }
 };
 
-#define BNORM_FUSED(T, S, name)                                                 \
+#define BNORM_FUSED(T, S, name)                                           \
   void FusedNormalize##S(const FusedArgs<T>& a) { FusedNormalize<T>(a); } \
   void FusedReduce##S(const FusedArgs<T>& a) {                            \
     ForMode<ReduceRun, T>(a);                                             \
@@ -508,7 +507,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace bnorm::cpu {
 
-#define BNORM_EXPORT(T, S, name)       \
+#define BNORM_EXPORT(T, S, name) \
   HWY_EXPORT(FusedNormalize##S); \
   HWY_EXPORT(FusedReduce##S);    \
   HWY_EXPORT(FusedDx##S);
@@ -528,7 +527,7 @@ void fused_dx_fast(const FusedArgs<T>& args) {
   BNORM_DISPATCH(FusedDx, args);
 }
 
-#define BNORM_INSTANTIATE(T, S, name)                               \
+#define BNORM_INSTANTIATE(T, S, name)                         \
   template void fused_normalize_fast<T>(const FusedArgs<T>&); \
   template void fused_reduce_fast<T>(const FusedArgs<T>&);    \
   template void fused_dx_fast<T>(const FusedArgs<T>&);

@@ -145,7 +145,7 @@ void NormalizeAll(const Shape& shape, const T* x, const param_t<T>* mu, const pa
   if (stream) hwy::FlushStream();
 }
 
-#define BNORM_NORMALIZE(T, S, name)                                                                 \
+#define BNORM_NORMALIZE(T, S, name)                                                           \
   template void NormalizeSpan<T>(const T* HWY_RESTRICT, T* HWY_RESTRICT, int64_t, param_t<T>, \
                                  param_t<T>, param_t<T>, bool);                               \
   template void NormalizeAll<T>(const Shape&, const T*, const param_t<T>*, const param_t<T>*, \
@@ -174,7 +174,7 @@ void normalize_fast(const Shape& shape, const T* x, const param_t<T>* mu, const 
   BNORM_DISPATCH(NormalizeAll, shape, x, mu, scale, shift, y);
 }
 
-#define BNORM_INSTANTIATE(T, S, name)                                                                 \
+#define BNORM_INSTANTIATE(T, S, name)                                                           \
   template void normalize_fast<T>(const Shape&, const T*, const param_t<T>*, const param_t<T>*, \
                                   const param_t<T>*, T*);
 BNORM_FOR_EACH_TYPE(BNORM_INSTANTIATE)

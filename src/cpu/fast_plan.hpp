@@ -11,7 +11,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "fast.hpp"
+#include "kernels.hpp"
 
 namespace bnorm::cpu {
 

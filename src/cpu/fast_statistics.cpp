@@ -223,7 +223,7 @@ void StatsAll(const Shape& shape, const T* x, double* mean, double* var) {
   }
 }
 
-#define BNORM_STATS(T, S, name)                                                                    \
+#define BNORM_STATS(T, S, name)                                                              \
   template Moments NchwUnitMoments<T>(const Shape&, const T* HWY_RESTRICT, int64_t, int64_t, \
                                       int64_t);                                              \
   template void StatsAll<T>(const Shape&, const T*, double*, double*);                       \

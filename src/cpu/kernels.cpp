@@ -6,7 +6,6 @@
 
 #include <vector>
 
-#include "fast.hpp"
 #include "fast_plan.hpp"
 
 namespace bnorm::cpu {
@@ -57,7 +56,7 @@ void backward_dx(const Shape& shape, const T* dy, const T* x, const double* mean
   backward_dx_fast(shape, dy, x, mu.data(), ap.data(), bp.data(), cp.data(), dx);
 }
 
-#define BNORM_INSTANTIATE(T, S, name)                                                                   \
+#define BNORM_INSTANTIATE(T, S, name)                                                             \
   template void moments<T>(const Shape&, const T*, double*, double*);                             \
   template void normalize<T>(const Shape&, const T*, const double*, const double*, const double*, \
                              T*);                                                                 \

@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "fast.hpp"
+#include "kernels.hpp"
 
 namespace bnorm {
 namespace {
