@@ -112,12 +112,7 @@ void forward_inference(const Shape& shape, const T* x, const param_t<T>* weight,
                        const param_t<T>* bias, const param_t<T>* running_mean,
                        const param_t<T>* running_var, T* y, double eps) {
   constexpr const char* fn = "forward_inference";
-  detail::check_shape(fn, shape);
-  detail::check_eps(fn, eps);
-  detail::check_not_null(fn, x, "x");
-  detail::check_not_null(fn, running_mean, "running_mean");
-  detail::check_not_null(fn, running_var, "running_var");
-  detail::check_not_null(fn, y, "y");
+  detail::check_inference(fn, shape, eps, x, running_mean, running_var, y);
   const int64_t c = shape.c;
   std::vector<double> mean(static_cast<size_t>(c)), scale(static_cast<size_t>(c)),
       shift(static_cast<size_t>(c));

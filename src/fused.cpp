@@ -156,12 +156,7 @@ void fused_forward_inference(const Shape& shape, const T* x, const T* residual,
                              double eps, const Epilogue& epilogue) {
   using P = param_t<T>;
   constexpr const char* fn = "fused_forward_inference";
-  detail::check_shape(fn, shape);
-  detail::check_eps(fn, eps);
-  detail::check_not_null(fn, x, "x");
-  detail::check_not_null(fn, running_mean, "running_mean");
-  detail::check_not_null(fn, running_var, "running_var");
-  detail::check_not_null(fn, y, "y");
+  detail::check_inference(fn, shape, eps, x, running_mean, running_var, y);
   check_epilogue(fn, epilogue);
   const int64_t c = shape.c;
   Vec<T> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));

@@ -59,6 +59,17 @@ inline double check_training(const char* fn, const Shape& shape, const void* x, 
   return running_factor(fn, options, running_mean, running_var);
 }
 
+// The checks of an inference forward (running statistics normalize).
+inline void check_inference(const char* fn, const Shape& shape, double eps, const void* x,
+                            const void* running_mean, const void* running_var, const void* y) {
+  check_shape(fn, shape);
+  check_eps(fn, eps);
+  check_not_null(fn, x, "x");
+  check_not_null(fn, running_mean, "running_mean");
+  check_not_null(fn, running_var, "running_var");
+  check_not_null(fn, y, "y");
+}
+
 // Batch Renormalization's limits, and the running statistics r and d come
 // from (checked for both-or-neither by running_factor before).
 inline void check_renorm(const char* fn, const RenormLimits& limits, const void* running_mean) {

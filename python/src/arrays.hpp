@@ -8,6 +8,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <bnorm/bnorm.hpp>
 #include <cstdint>
 #include <optional>
@@ -102,6 +103,15 @@ Array<T> tensor(const char* fn, const char* name, const py::array& a) {
   auto out = Array<T>::ensure(a);
   if (!out) fail(fn, std::string(name) + " could not be converted to a C-contiguous array");
   return out;
+}
+
+// An array of input x's shape (grad_output), as tensor<T>.
+template <class T>
+Array<T> shaped_like(const char* fn, const char* name, const py::array& a, const Array<T>& x) {
+  if (a.ndim() != x.ndim() || !std::equal(x.shape(), x.shape() + x.ndim(), a.shape()))
+    fail(fn, std::string(name) + " must have the shape of input " + shape_str(x) + ", got " +
+                 shape_str(a));
+  return tensor<T>(fn, name, a);
 }
 
 // a has dtype T: input's, or for a per-channel array P = param_t of input's

@@ -108,11 +108,7 @@ py::tuple backward_impl(const char* fn, bool frozen, const py::array& grad_outpu
   check_same_dtype<T>(fn, "grad_output", grad_output);
   const Array<T> x = tensor<T>(fn, "input", input);
   const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
-  if (grad_output.ndim() != x.ndim() ||
-      !std::equal(x.shape(), x.shape() + x.ndim(), grad_output.shape()))
-    fail(fn, "grad_output must have the shape of input " + shape_str(x) + ", got " +
-                 shape_str(grad_output));
-  const Array<T> dy = tensor<T>(fn, "grad_output", grad_output);
+  const Array<T> dy = shaped_like<T>(fn, "grad_output", grad_output, x);
   const auto w = channel_param<T>(fn, "weight", weight, shape.c);
   if (virtual_batch_size) {
     // Ghost batch norm: one row of saved statistics per group.
@@ -271,11 +267,7 @@ py::tuple renorm_backward_impl(const char* fn, const py::array& grad_output, con
   check_same_dtype<T>(fn, "grad_output", grad_output);
   const Array<T> x = tensor<T>(fn, "input", input);
   const bnorm::Shape shape = shape_of(fn, "input", x, channels_last);
-  if (grad_output.ndim() != x.ndim() ||
-      !std::equal(x.shape(), x.shape() + x.ndim(), grad_output.shape()))
-    fail(fn, "grad_output must have the shape of input " + shape_str(x) + ", got " +
-                 shape_str(grad_output));
-  const Array<T> dy = tensor<T>(fn, "grad_output", grad_output);
+  const Array<T> dy = shaped_like<T>(fn, "grad_output", grad_output, x);
   const auto w = channel_param<T>(fn, "weight", weight, shape.c);
   const auto mu = channel_param<T>(fn, "save_mean", save_mean, shape.c);
   const auto sd = channel_param<T>(fn, "save_invstd", save_invstd, shape.c);
