@@ -39,6 +39,24 @@ cpu::FusedArgs<T> fused_args(const Shape& shape, const Epilogue& e) {
   return a;
 }
 
+// The per-channel sums a backward's reduction fills (zeroed), and its
+// arguments for dy and y: the two backward paths differ only in g and p0.
+struct BackwardSums {
+  std::vector<double> dz, dz_g;
+  explicit BackwardSums(int64_t c) : dz(size_t(c), 0.0), dz_g(size_t(c), 0.0) {}
+};
+
+template <class T>
+cpu::FusedArgs<T> backward_args(const Shape& shape, const Epilogue& e, const T* dy, const T* y,
+                                BackwardSums& sums) {
+  cpu::FusedArgs<T> a = fused_args<T>(shape, e);
+  a.dy = dy;
+  a.y_in = y;
+  a.sum_dz = sums.dz.data();
+  a.sum_dz_g = sums.dz_g.data();
+  return a;
+}
+
 // The backward once the kernels summed, per channel, sum_dz = sum dz and
 // sum_dz_g = sum dz (g - p0), where g - p0 = x_hat / inv_unit_k (x - mean
 // with inv_unit = invstd, or act^-1(y) - beta with inv_unit = 1 / gamma):
@@ -189,14 +207,9 @@ void fused_backward(const Shape& shape, const T* dy, const T* y, const T* x,
   detail::check_not_null(fn, save_mean, "save_mean");
   detail::check_not_null(fn, save_invstd, "save_invstd");
   if (!dx && !dweight && !dbias && !dresidual) return;
-  const int64_t c = shape.c;
-  std::vector<double> sum_dz(size_t(c), 0.0), sum_dz_xmu(size_t(c), 0.0);
-  cpu::FusedArgs<T> a = fused_args<T>(shape, epilogue);
-  a.dy = dy;
-  a.y_in = y;
+  BackwardSums sums(shape.c);  // sum dz, sum dz (x - mean)
+  cpu::FusedArgs<T> a = backward_args(shape, epilogue, dy, y, sums);
   a.x = x;
-  a.sum_dz = sum_dz.data();
-  a.sum_dz_g = sum_dz_xmu.data();
   a.p[0] = save_mean;
   // dresidual alone needs no sums (dz is elementwise). With the sums, the
   // reduction writes dresidual = dz on its way and the dx pass reads it
@@ -238,13 +251,9 @@ void fused_backward_from_output(const Shape& shape, const T* dy, const T* y,
                              ": x_hat = (act^-1(y) - beta) / gamma needs a finite non-zero gamma "
                              "(or epilogue.abs_weight)");
   if (!dx && !dweight && !dbias) return;
-  std::vector<double> sum_dz(size_t(c), 0.0), sum_dz_yb(size_t(c), 0.0);
-  cpu::FusedArgs<T> a = fused_args<T>(shape, epilogue);
-  a.dy = dy;
-  a.y_in = y;
+  BackwardSums sums(c);  // sum dz, sum dz (act^-1(y) - beta)
+  cpu::FusedArgs<T> a = backward_args(shape, epilogue, dy, y, sums);
   a.from_output = true;
-  a.sum_dz = sum_dz.data();
-  a.sum_dz_g = sum_dz_yb.data();
   a.p[0] = bias;  // act^-1(y) - beta = gamma * x_hat
   cpu::fused_reduce_fast(a);
   finish_backward(

@@ -133,9 +133,12 @@ inline Moments merge(const Moments& a, const Moments& b) {
 // dispatches the kernels, one Suffix each.
 
 // In a template on T (HWY_ONCE part of a fast_*.cpp): calls the dispatched
-// Name##Suffix for T.
+// Name##Suffix for T. (Token pasting needs the suffixes written out; the
+// static_assert stops a type added to the list from reaching a kernel
+// without its case here.)
 #define BNORM_DISPATCH(Name, ...)                                \
   do {                                                           \
+    static_assert(::bnorm::kDTypeCount == 4);                    \
     if constexpr (std::is_same_v<T, float>) {                    \
       HWY_DYNAMIC_DISPATCH(Name##F32)(__VA_ARGS__);              \
     } else if constexpr (std::is_same_v<T, double>) {            \
