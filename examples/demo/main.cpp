@@ -62,8 +62,9 @@ int demo(const DemoOptions& o) {
                            (o.seeds != 5 ? fmt::format(" --seeds {}", o.seeds) : std::string());
   out.add(
       "# bnorm demo: batch norm on Fashion-MNIST\n\n"
-      "Written by `bnorm-demo{}` (`scripts/report.sh` writes this copy; `scripts/main.sh` "
-      "writes its own under `out/demo/`); every number below comes from that run, with fixed "
+      "Written by `bnorm-demo{}` (`scripts/report.sh` writes the copy under docs/, "
+      "`scripts/main.sh` "
+      "one under out/demo/); every number below comes from that run, with fixed "
       "seeds. Networks are trained in float32 with bnorm's `BatchNorm` layer (examples/train: "
       "Linear layers on Eigen, softmax cross-entropy, SGD with momentum); data from `{}`, "
       "pixels scaled to [0, 1]. Experiments 3, 4 and 7, whose outcome depends on chaotic "
