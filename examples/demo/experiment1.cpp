@@ -15,8 +15,12 @@
 namespace bnorm::demo {
 namespace ref = bnorm::reference;
 
-void experiment1(PaperRuns& runs, const Split& train_set, const Split& test, const Plan& plan,
-                 Output& out, Summary& sum, bool tty, Finals& finals) {
+void request_experiment1(PaperRuns& runs) {
+  for (double momentum : {kPaperMomentum, 0.9})
+    for (Norm norm : {Norm::none, Norm::batchnorm}) runs.request(norm, momentum);
+}
+
+void experiment1(PaperRuns& runs, const Plan& plan, Output& out, Summary& sum, Finals& finals) {
   fmt::print("Experiment 1: the paper's MNIST experiment on Fashion-MNIST\n");
   const int unit = 0;
   const auto& a = runs.get(Norm::none).trained;
@@ -85,21 +89,8 @@ void experiment1(PaperRuns& runs, const Split& train_set, const Split& test, con
       pct(a.test_acc), a.test_loss, pct(b.test_acc), b.test_loss);
   // The same pair with momentum 0.9: how much of batch norm's lead belongs
   // to plain SGD.
-  double with_momentum[2] = {0, 0};
-  for (Norm norm : {Norm::none, Norm::batchnorm}) {
-    Network<float> net(paper_net(norm));
-    RunConfig rc;
-    rc.net = paper_net(norm);
-    rc.lr = kPaperLr;
-    rc.momentum = 0.9;
-    rc.batch = 60;
-    rc.steps = plan.e1_steps;
-    rc.seed = 101;
-    with_momentum[norm == Norm::batchnorm] =
-        run(fmt::format("sigmoid 3x100, {}, momentum 0.9", train::to_string(norm)), net, train_set,
-            test, rc, 0, 0, tty)
-            .test_acc;
-  }
+  const double with_momentum[2] = {runs.get(Norm::none, 0.9).trained.test_acc,
+                                   runs.get(Norm::batchnorm, 0.9).trained.test_acc};
   out.add(
       "With momentum 0.9 instead of plain SGD (same steps, learning rate, weights and batches) "
       "the networks reach **{}** with batch norm and **{}** without: {}.\n\n",

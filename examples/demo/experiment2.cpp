@@ -15,6 +15,11 @@
 namespace bnorm::demo {
 namespace ref = bnorm::reference;
 
+void request_experiment2(PaperRuns& runs) {
+  runs.request(Norm::batchnorm);
+  runs.request(Norm::frozen_moments);
+}
+
 void experiment2(PaperRuns& runs, const Plan& plan, Output& out, Summary& sum, Finals& finals) {
   fmt::print("Experiment 2: backward through the moments, or with the moments frozen\n");
   const auto& tr = runs.get(Norm::batchnorm);

@@ -5,12 +5,12 @@
 #include <bnorm/bnorm.hpp>
 #include <bnorm/reference.hpp>
 #include <cmath>
+#include <graph.hpp>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "experiments.hpp"
-#include "graph.hpp"
 
 namespace bnorm::demo {
 namespace ref = bnorm::reference;
@@ -25,11 +25,11 @@ void experiment5(Output& out, Summary& sum) {
   const std::vector<double> w{gamma}, bias{beta};
   const auto fd = ref::finite_differences(shape, dy, x, w, bias, eps);
   const double err = ref::max_scaled_error(b.dx, fd.dx);
-  const std::string dot = staged_graph_dot(f, b);
+  const std::string dot = graph::staged_graph_dot(f, b);
   out.write_file("e5_graph.dot", dot);
   std::string status = "drawn";
   try {
-    render_png(dot, out.figures / "e5_graph.png");
+    graph::render_png(dot, out.figures / "e5_graph.png");
   } catch (const std::exception& e) {
     out.warnings.push_back(e.what());
     status = "not drawn (Graphviz failed)";

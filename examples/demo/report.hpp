@@ -93,6 +93,13 @@ struct Output {
 
 inline std::string pct(double v) { return fmt::format("{:.2f}%", 100 * v); }
 
+// The line under a markdown table's header: "|---|---|" for two columns.
+inline std::string rule(int columns) {
+  std::string r = "|";
+  for (int i = 0; i < columns; ++i) r += "---|";
+  return r;
+}
+
 // Final test accuracies by run, in the order they ran.
 using Finals = std::vector<std::pair<std::string, double>>;
 

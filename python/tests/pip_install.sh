@@ -5,8 +5,15 @@
 # outside the source tree: the NumPy API and one bnorm.torch forward/backward
 # compared with torch.nn.
 set -euo pipefail
-src=${1:?usage: pip_install.sh SOURCE_DIR}
-tmp=$(mktemp -d)
+#
+# The build is the package's own CMake build; with ccache on (test.sh turns it
+# on), CCACHE_BASEDIR at or above WORK_DIR and BNORM_BUILD_TYPE set to the
+# release build's type (ctest does both), its objects come from that build's
+# cache rather than a second compile of the whole project.
+src=${1:?usage: pip_install.sh SOURCE_DIR [WORK_DIR]}
+work=${2:-${TMPDIR:-/tmp}}
+mkdir -p "$work"
+tmp=$(mktemp -d -p "$work" pip-install.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 git clone -q "$src" "$tmp/bnorm"
 /usr/bin/python3 -m venv --system-site-packages "$tmp/venv"

@@ -8,6 +8,5 @@ namespace bnorm::cli {
 // Each register_* adds a subcommand whose callback sets *exit_code.
 void register_gradcheck(CLI::App& app, int* exit_code);
 void register_explain(CLI::App& app, int* exit_code);
-void register_demo(CLI::App& app, int* exit_code);
 
 }  // namespace bnorm::cli

@@ -32,12 +32,12 @@ void invariants(const char* name, const std::vector<double>& dx, const std::vect
 }
 
 int run(const std::vector<double>& x, const std::vector<double>& dy, double gamma, double beta,
-        double eps, const std::string& graph) {
+        double eps, const std::string& graph_png) {
   const auto f = ref::staged_forward(x, gamma, beta, eps);
   const auto b = ref::staged_backward(f, dy);
-  if (!graph.empty()) {
-    demo::render_png(demo::staged_graph_dot(f, b), graph);
-    fmt::print("Wrote the graph to {}\n\n", graph);
+  if (!graph_png.empty()) {
+    graph::render_png(graph::staged_graph_dot(f, b), graph_png);
+    fmt::print("Wrote the graph to {}\n\n", graph_png);
   }
   const auto cf = ref::closed_form(x, dy, gamma, eps);
 

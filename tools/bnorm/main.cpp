@@ -11,7 +11,6 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   bnorm::cli::register_gradcheck(app, &exit_code);
   bnorm::cli::register_explain(app, &exit_code);
-  bnorm::cli::register_demo(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -7,10 +7,10 @@
 #include <filesystem>
 #include <string>
 
-namespace bnorm::demo {
+namespace bnorm::graph {
 
 std::string staged_graph_dot(const reference::StagedForward& f, const reference::StagedBackward& b);
 // Runs Graphviz `dot -Tpng`; throws naming the file when dot is missing or fails.
 void render_png(const std::string& dot, const std::filesystem::path& png);
 
-}  // namespace bnorm::demo
+}  // namespace bnorm::graph

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <vector>
 
-namespace bnorm::demo {
+namespace bnorm::graph {
 namespace {
 
 std::string values(const std::vector<double>& v) {
@@ -73,4 +73,4 @@ void render_png(const std::string& dot, const std::filesystem::path& png) {
                              std::to_string(status));
 }
 
-}  // namespace bnorm::demo
+}  // namespace bnorm::graph
