@@ -13,6 +13,7 @@
 #pragma once
 
 #include <fuzzer/FuzzedDataProvider.h>
+#include <hwy/targets.h>
 
 #include <bnorm/bnorm.hpp>
 #include <bnorm/reference.hpp>
@@ -36,9 +37,31 @@ inline std::string& context() {
   return text;
 }
 
+// The Highway target this input runs on, printed with a finding.
+inline const char*& target_name() {
+  static const char* name = "default";
+  return name;
+}
+
 [[noreturn]] inline void fuzz_fail(const std::string& why) {
-  std::fprintf(stderr, "bnorm fuzz: %s\n  while checking: %s\n", why.c_str(), context().c_str());
+  std::fprintf(stderr, "bnorm fuzz: %s\n  while checking: %s\n  on Highway target %s\n",
+               why.c_str(), context().c_str(), target_name());
   std::abort();
+}
+
+// Every harness runs each input on one of the Highway targets this binary
+// carries and this CPU supports, chosen by the input's first byte as the
+// shape is chosen by others: the decoders read from the back
+// (FuzzedDataProvider::ConsumeIntegral), so the seeds keep their meaning and
+// the fuzzer can move an input to another target by one byte. (The fuzz
+// preset compiles only the AVX2 target, so there is one to choose from
+// there; see CMakePresets.json.)
+inline void pick_target(const uint8_t* data, size_t size) {
+  // Read once, before the first SetSupportedTargetsForTest narrows it.
+  static const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  const int64_t target = targets[size == 0 ? 0 : data[0] % targets.size()];
+  hwy::SetSupportedTargetsForTest(target);
+  target_name() = hwy::TargetName(target);
 }
 
 // Tensors past this many elements are not allocated: a valid shape larger
