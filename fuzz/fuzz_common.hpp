@@ -53,15 +53,21 @@ inline const char*& target_name() {
 // carries and this CPU supports, chosen by the input's first byte as the
 // shape is chosen by others: the decoders read from the back
 // (FuzzedDataProvider::ConsumeIntegral), so the seeds keep their meaning and
-// the fuzzer can move an input to another target by one byte. (The fuzz
-// preset compiles only the AVX2 target, so there is one to choose from
-// there; see CMakePresets.json.)
-inline void pick_target(const uint8_t* data, size_t size) {
+// the fuzzer can move an input to another target by one byte. With
+// BNORM_FUZZ_EVERY_TARGET set, each input runs on every one of them in turn
+// (ctest replays the committed seeds so, so that a seed found on one target
+// is checked on all).
+template <class F>
+void on_targets(const uint8_t* data, size_t size, F&& run) {
   // Read once, before the first SetSupportedTargetsForTest narrows it.
   static const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
-  const int64_t target = targets[size == 0 ? 0 : data[0] % targets.size()];
-  hwy::SetSupportedTargetsForTest(target);
-  target_name() = hwy::TargetName(target);
+  static const bool every = std::getenv("BNORM_FUZZ_EVERY_TARGET") != nullptr;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (!every && i != (size == 0 ? 0 : data[0] % targets.size())) continue;
+    hwy::SetSupportedTargetsForTest(targets[i]);
+    target_name() = hwy::TargetName(targets[i]);
+    run();
+  }
 }
 
 // Tensors past this many elements are not allocated: a valid shape larger

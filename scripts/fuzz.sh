@@ -20,7 +20,7 @@ seconds=${1:-60}
 shift || true
 scripts/build.sh fuzz
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(fuzz_forward_training fuzz_forward_inference fuzz_backward fuzz_layer)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(fuzz_forward_training fuzz_forward_inference fuzz_backward fuzz_layer fuzz_ops)
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 status=0
@@ -48,12 +48,18 @@ for h in "${harnesses[@]}"; do
   "$bin" -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
     -max_total_time="$seconds" -max_len=512 -timeout=60 -rss_limit_mb=4096 \
     -print_final_stats=1 -artifact_prefix="$findings/" "$work" "fuzz/corpus/$h" >"$log" 2>&1 || true
-  # Fork mode's status lines: "#<executions>: cov: <edges> ft: <features> ...".
+  # Fork mode's status lines: "#<executions>: cov: ... ft: ... corp: ...";
+  # its cov is not libFuzzer's usual edge count, so the coverage reported is
+  # that of a replay of the whole corpus afterwards (edges and features as
+  # libFuzzer counts them when it starts; comparable across runs).
   last=$(grep -E '^#[0-9]+: cov: ' "$log" | tail -1 || true)
   execs=$(sed -E 's/^#([0-9]+):.*/\1/' <<<"$last")
-  cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
-  ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
-  corp=$(grep -o 'corp: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
+  empty=$(mktemp -d)
+  inited=$("$bin" -runs=0 -max_len=512 "$empty" "$work" "fuzz/corpus/$h" 2>&1 | grep 'INITED' | tail -1 || true)
+  rm -rf "$empty"
+  cov=$(grep -o 'cov: [0-9]*' <<<"$inited" | grep -o '[0-9]*' || true)
+  ft=$(grep -o 'ft: [0-9]*' <<<"$inited" | grep -o '[0-9]*' || true)
+  corp=$(grep -o 'corp: [0-9]*' <<<"$inited" | grep -o '[0-9]*' || true)
   found=0
   for f in "$findings"/crash-* "$findings"/timeout-* "$findings"/oom-* "$findings"/leak-*; do
     [ -e "$f" ] || continue
@@ -68,7 +74,7 @@ for h in "${harnesses[@]}"; do
     "$bin" -runs=1 "$min" >"$findings/$name.log" 2>&1 || true
     seed=fuzz/corpus/$h/finding-$(sha1sum "$min" | cut -c1-16)
     cp "$min" "$seed"
-    printf '%s\t%s\t%s\n' "$h" "$(why "$findings/$name.log" | sed -E 's/(^|[^A-Za-z_0-9])[-+]?[0-9][0-9.e+-]*/\1#/g')" \
+    printf '%s\t%s\t%s\n' "$h" "$(why "$findings/$name.log" | sed -E -e 's/0x[0-9a-f]+/0x#/g' -e 's/(^|[^A-Za-z_0-9])[-+]?[0-9][0-9.e+-]*/\1#/g')" \
       "$seed" >>"$failures"
   done
   result=ok
@@ -81,7 +87,7 @@ for h in "${harnesses[@]}"; do
     result="did not run (see $log)"
     status=1
   fi
-  summary+=("$h: ${seconds} s, ${execs:-?} executions, ${cov:-?} edges, ${ft:-?} features, corpus ${corp:-?}: $result")
+  summary+=("$h: ${seconds} s, ${execs:-?} executions; corpus of ${corp:-?} inputs covers ${cov:-?} edges, ${ft:-?} features: $result")
 done
 
 echo "== fuzz summary (${seconds} s per harness)"
