@@ -273,6 +273,16 @@ double bound_factor(int64_t m) {
   return unit_roundoff<T>() * (16.0 + double(m));
 }
 
+// A floor under the variance's absolute error. Below DBL_MIN double holds
+// values on a grid of denorm_min (a variance of 4.7e-317 keeps 7 significant
+// digits), and both sides land there: the double reference rounds each
+// square (x - mean)^2 and then sum / m, the kernels round M2 as they scale
+// it back from their rescue pass (src/cpu/fast_common-inl.h) and then
+// M2 / m: half a step each, within 2 steps in all (4 for margin). Neither
+// side can do better with var in a double; it shows where eps is as small
+// (5e-324, 1e-300), when invstd = 1/sqrt(var + eps) is 1e158.
+inline constexpr double kVarianceFloor = 4 * std::numeric_limits<double>::denorm_min();
+
 // A reference value that T can hold: finite, and inside T's range (a float
 // output whose exact value is 1e39 is right to be Inf).
 template <class T>

@@ -265,7 +265,9 @@ void run(FuzzedDataProvider& in) {
         continue;
       }
       const double dvar =
-          batch_stats ? f * var + f * f * (max_abs + std::abs(mu)) * (max_abs + std::abs(mu)) : 0;
+          batch_stats ? f * var + f * f * (max_abs + std::abs(mu)) * (max_abs + std::abs(mu)) +
+                            kVarianceFloor
+                      : 0;
       const double rel_invstd = f + dvar / (2 * (var + eps));
       context() = "layer forward, channel " + std::to_string(k) + " of " + describe(shape) +
                   (batch_stats ? " (batch statistics)" : " (running statistics)") + ", mean " +

@@ -94,7 +94,7 @@ Stats stats_of(const Shape& shape, const std::vector<double>& wx, int64_t k, dou
     s.max_abs = std::max(s.max_abs, std::abs(wx[size_t(at_of(shape, k, i))]));
   s.fe = bound_factor<T>(shape.m()) + bound_factor<double>(shape.m());
   const double spread = s.max_abs + std::abs(mu);
-  s.dvar = s.fe * var + s.fe * s.fe * spread * spread;
+  s.dvar = s.fe * var + s.fe * s.fe * spread * spread + kVarianceFloor;
   s.rel_invstd = s.fe + s.dvar / (2 * (var + eps));
   return s;
 }
