@@ -144,10 +144,12 @@ void run(FuzzedDataProvider& in) {
 }  // namespace bnorm::fuzz
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  FuzzedDataProvider in(data, size);
-  if (in.ConsumeBool())
-    bnorm::fuzz::run<float>(in);
-  else
-    bnorm::fuzz::run<double>(in);
+  bnorm::fuzz::on_targets(data, size, [&] {
+    FuzzedDataProvider in(data, size);
+    if (in.ConsumeBool())
+      bnorm::fuzz::run<float>(in);
+    else
+      bnorm::fuzz::run<double>(in);
+  });
   return 0;
 }

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <fuzzer/FuzzedDataProvider.h>
+#include <hwy/targets.h>
 
 #include <bnorm/bnorm.hpp>
 #include <bnorm/reference.hpp>
@@ -36,9 +37,37 @@ inline std::string& context() {
   return text;
 }
 
+// The Highway target this input runs on, printed with a finding.
+inline const char*& target_name() {
+  static const char* name = "default";
+  return name;
+}
+
 [[noreturn]] inline void fuzz_fail(const std::string& why) {
-  std::fprintf(stderr, "bnorm fuzz: %s\n  while checking: %s\n", why.c_str(), context().c_str());
+  std::fprintf(stderr, "bnorm fuzz: %s\n  while checking: %s\n  on Highway target %s\n",
+               why.c_str(), context().c_str(), target_name());
   std::abort();
+}
+
+// Every harness runs each input on one of the Highway targets this binary
+// carries and this CPU supports, chosen by the input's first byte as the
+// shape is chosen by others: the decoders read from the back
+// (FuzzedDataProvider::ConsumeIntegral), so the seeds keep their meaning and
+// the fuzzer can move an input to another target by one byte. With
+// BNORM_FUZZ_EVERY_TARGET set, each input runs on every one of them in turn
+// (ctest replays the committed seeds so, so that a seed found on one target
+// is checked on all).
+template <class F>
+void on_targets(const uint8_t* data, size_t size, F&& run) {
+  // Read once, before the first SetSupportedTargetsForTest narrows it.
+  static const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  static const bool every = std::getenv("BNORM_FUZZ_EVERY_TARGET") != nullptr;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (!every && i != (size == 0 ? 0 : data[0] % targets.size())) continue;
+    hwy::SetSupportedTargetsForTest(targets[i]);
+    target_name() = hwy::TargetName(targets[i]);
+    run();
+  }
 }
 
 // Tensors past this many elements are not allocated: a valid shape larger
@@ -243,6 +272,16 @@ template <class T>
 double bound_factor(int64_t m) {
   return unit_roundoff<T>() * (16.0 + double(m));
 }
+
+// A floor under the variance's absolute error. Below DBL_MIN double holds
+// values on a grid of denorm_min (a variance of 4.7e-317 keeps 7 significant
+// digits), and both sides land there: the double reference rounds each
+// square (x - mean)^2 and then sum / m, the kernels round M2 as they scale
+// it back from their rescue pass (src/cpu/fast_common-inl.h) and then
+// M2 / m: half a step each, within 2 steps in all (4 for margin). Neither
+// side can do better with var in a double; it shows where eps is as small
+// (5e-324, 1e-300), when invstd = 1/sqrt(var + eps) is 1e158.
+inline constexpr double kVarianceFloor = 4 * std::numeric_limits<double>::denorm_min();
 
 // A reference value that T can hold: finite, and inside T's range (a float
 // output whose exact value is 1e39 is right to be Inf).
